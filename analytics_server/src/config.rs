@@ -1,0 +1,318 @@
+//! Typed settings of `analytics_server`, loaded from `analytics.yml` and `ANALYTICS__…` environment variables.
+//!
+//! The shipped `analytics.yml` is compiled in as the defaults, so a deployment's file only needs the keys it
+//! changes. [`Settings::validate`] checks the relations between keys once, at start-up, naming the key at fault.
+
+use fechatter_config::ConfigError;
+use serde::Deserialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// The shipped configuration file, which doubles as the defaults.
+pub const DEFAULTS: &str = include_str!("../analytics.yml");
+/// Prefix of the environment variables that override keys.
+pub const ENV_PREFIX: &str = "ANALYTICS";
+/// Environment variable naming the configuration file.
+pub const CONFIG_PATH_VAR: &str = "ANALYTICS_CONFIG";
+
+/// Everything `analytics_server` can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP API.
+    pub server: ServerSettings,
+    /// Connections to other systems (the seed document's `integrations` section).
+    pub integrations: Integrations,
+    /// JetStream stream, consumer and dead-letter settings.
+    pub jetstream: JetStreamSettings,
+    /// Where events are stored.
+    pub clickhouse: ClickHouseSettings,
+    /// Rows per INSERT: a batch is flushed as soon as it holds this many rows.
+    pub batch_size: usize,
+    /// Longest time, in seconds, a row waits in a partial batch before it is flushed.
+    pub flush_interval_seconds: u64,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0 picks a free one, for tests).
+    pub port: u16,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most events accepted in one `POST /api/batch`.
+    pub max_batch_events: usize,
+}
+
+/// External systems.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integrations {
+    /// NATS.
+    pub messaging: MessagingSettings,
+}
+
+/// NATS connection and subjects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// false: consume nothing (the HTTP ingest answers 503).
+    pub enabled: bool,
+    /// NATS server URL.
+    pub nats_url: String,
+    /// true: durable JetStream consumer (exactly once); false: core NATS subscription (at most once).
+    pub jetstream_enabled: bool,
+    /// Subject patterns.
+    pub subjects: Subjects,
+}
+
+/// Subject patterns from the seed document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subjects {
+    /// The pattern consumed and captured by the stream (`fechatter.analytics.>`).
+    pub analytics_events: String,
+    /// The subject carrying `BatchRecordEventsRequest`s.
+    pub analytics_batch: String,
+    /// Compatibility pattern for user events; must be covered by `analytics_events`.
+    pub user_events: String,
+    /// Compatibility pattern for chat events; must be covered by `analytics_events`.
+    pub chat_events: String,
+    /// Compatibility pattern for message events; must be covered by `analytics_events`.
+    pub message_events: String,
+    /// Compatibility pattern for bot events; must be covered by `analytics_events`.
+    pub bot_events: String,
+    /// Compatibility pattern for error events; must be covered by `analytics_events`.
+    pub error_events: String,
+}
+
+/// JetStream stream, consumer and dead-letter settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamSettings {
+    /// Stream name.
+    pub stream: String,
+    /// Stream retention in days.
+    pub max_age_days: u64,
+    /// JetStream duplicate window in seconds (at least 120).
+    pub duplicate_window_seconds: u64,
+    /// Durable consumer name.
+    pub consumer: String,
+    /// Unacknowledged messages the consumer may hold (at least 3 x batch_size).
+    pub max_ack_pending: usize,
+    /// Seconds before an unacknowledged message is redelivered.
+    pub ack_wait_seconds: u64,
+    /// Messages per pull request.
+    pub pull_batch: usize,
+    /// Dead-letter stream name.
+    pub dead_letter_stream: String,
+    /// Dead-letter subject (outside `analytics_events`).
+    pub dead_letter_subject: String,
+    /// Largest message accepted from the stream, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// ClickHouse connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseSettings {
+    /// HTTP URL of the server.
+    pub url: String,
+    /// Database holding the tables (created at start-up).
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// Password (never logged).
+    pub password: String,
+    /// Timeout of one INSERT, in seconds.
+    pub insert_timeout_seconds: u64,
+    /// Cap of the backoff between INSERT retries, in seconds.
+    pub max_retry_backoff_seconds: u64,
+}
+
+impl Settings {
+    /// Loads the defaults, the file named by `ANALYTICS_CONFIG` (if set) and the environment, then validates.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let path = std::env::var_os(CONFIG_PATH_VAR).map(std::path::PathBuf::from);
+        Self::load(path.as_deref(), std::env::vars())
+    }
+
+    /// Loads the defaults, `path` and the overrides in `vars`, then validates.
+    pub fn load(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let settings: Self = fechatter_config::load(DEFAULTS, path, ENV_PREFIX, vars)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the relations between keys that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Validation {
+                key: key.to_owned(),
+                message,
+            })
+        };
+        let subjects = &self.integrations.messaging.subjects;
+        if self.batch_size == 0 {
+            return invalid("batch_size", "must be at least 1".into());
+        }
+        if self.flush_interval_seconds == 0 {
+            return invalid("flush_interval_seconds", "must be at least 1".into());
+        }
+        if self.server.max_batch_events == 0 {
+            return invalid("server.max_batch_events", "must be at least 1".into());
+        }
+        let js = &self.jetstream;
+        if js.max_ack_pending < 3 * self.batch_size {
+            return invalid(
+                "jetstream.max_ack_pending",
+                format!(
+                    "{} cannot hold the batch being built, the one queued and the one being inserted \
+                     (needs at least 3 x batch_size = {})",
+                    js.max_ack_pending,
+                    3 * self.batch_size
+                ),
+            );
+        }
+        if js.duplicate_window_seconds < 120 {
+            return invalid("jetstream.duplicate_window_seconds", "must be at least 120".into());
+        }
+        if js.ack_wait_seconds < 5 {
+            return invalid("jetstream.ack_wait_seconds", "must be at least 5".into());
+        }
+        if js.pull_batch == 0 {
+            return invalid("jetstream.pull_batch", "must be at least 1".into());
+        }
+        if js.max_age_days == 0 {
+            return invalid("jetstream.max_age_days", "must be at least 1".into());
+        }
+        if js.stream == js.dead_letter_stream {
+            return invalid("jetstream.dead_letter_stream", "must differ from jetstream.stream".into());
+        }
+        if subject_matches(&subjects.analytics_events, &js.dead_letter_subject) {
+            return invalid(
+                "jetstream.dead_letter_subject",
+                format!("must not be inside {}", subjects.analytics_events),
+            );
+        }
+        let covered = [
+            ("integrations.messaging.subjects.analytics_batch", &subjects.analytics_batch),
+            ("integrations.messaging.subjects.user_events", &subjects.user_events),
+            ("integrations.messaging.subjects.chat_events", &subjects.chat_events),
+            ("integrations.messaging.subjects.message_events", &subjects.message_events),
+            ("integrations.messaging.subjects.bot_events", &subjects.bot_events),
+            ("integrations.messaging.subjects.error_events", &subjects.error_events),
+        ];
+        for (key, pattern) in covered {
+            if !subject_matches(&subjects.analytics_events, pattern) {
+                return invalid(
+                    key,
+                    format!("{pattern} is not covered by analytics_events ({})", subjects.analytics_events),
+                );
+            }
+        }
+        if !self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || self.clickhouse.database.is_empty()
+        {
+            return invalid("clickhouse.database", "must be a plain identifier ([A-Za-z0-9_])".into());
+        }
+        Ok(())
+    }
+
+    /// The flush interval as a duration.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_secs(self.flush_interval_seconds)
+    }
+}
+
+/// True when every subject matched by `candidate` (a subject or pattern) is matched by `pattern`.
+///
+/// NATS wildcards: `*` matches one token, `>` (last) one or more.
+pub fn subject_matches(pattern: &str, candidate: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut c = candidate.split('.');
+    loop {
+        match (p.next(), c.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn shipped_file_is_valid_and_matches_the_seed() {
+        let s = Settings::load(None, vars(&[])).expect("shipped config is valid");
+        assert_eq!(s.server.port, 6690);
+        assert_eq!(s.batch_size, 100);
+        assert_eq!(s.flush_interval_seconds, 30);
+        assert_eq!(s.jetstream.stream, "ANALYTICS");
+        assert_eq!(s.integrations.messaging.subjects.analytics_events, "fechatter.analytics.>");
+        assert!(s.integrations.messaging.enabled && s.integrations.messaging.jetstream_enabled);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = Settings::load(
+            None,
+            vars(&[
+                ("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL", "nats://nats:4222"),
+                ("ANALYTICS__BATCH_SIZE", "500"),
+                ("ANALYTICS__CLICKHOUSE__PASSWORD", "0042"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.integrations.messaging.nats_url, "nats://nats:4222");
+        assert_eq!(s.batch_size, 500);
+        assert_eq!(s.clickhouse.password, "0042");
+    }
+
+    #[test]
+    fn unknown_key_stops_start_up_naming_it() {
+        let err = Settings::load(None, vars(&[("ANALYTICS__CLICKHOUSE__URI", "x")])).expect_err("unknown");
+        assert!(err.to_string().contains("clickhouse.uri"), "{err}");
+    }
+
+    #[test]
+    fn too_small_max_ack_pending_is_refused_by_name() {
+        let err = Settings::load(None, vars(&[("ANALYTICS__BATCH_SIZE", "10000")])).expect_err("too small");
+        assert!(err.to_string().contains("jetstream.max_ack_pending"), "{err}");
+    }
+
+    #[test]
+    fn compatibility_subjects_must_be_covered() {
+        let err = Settings::load(
+            None,
+            vars(&[("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_EVENTS", "fechatter.analytics.events")]),
+        )
+        .expect_err("narrow");
+        assert!(err.to_string().contains("analytics_batch"), "{err}");
+    }
+
+    #[test]
+    fn subject_matching_follows_nats_wildcards() {
+        assert!(subject_matches("fechatter.analytics.>", "fechatter.analytics.user.>"));
+        assert!(subject_matches("fechatter.analytics.>", "fechatter.analytics.batch"));
+        assert!(!subject_matches("fechatter.analytics.>", "fechatter.analytics"));
+        assert!(!subject_matches("fechatter.analytics.>", "fechatter.deadletter.analytics"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*.c", "a.>"));
+        assert!(subject_matches(">", "anything.at.all"));
+    }
+}

@@ -1,0 +1,345 @@
+//! `POST /api/event` and `POST /api/batch`: events from client apps, in protobuf or proto3 JSON.
+//!
+//! The server stamps `server_ts`, `ip` and `user_agent`, gives events without one an `event_id` (UUIDv7),
+//! publishes to JetStream with `Nats-Msg-Id` and answers 202 only once JetStream acknowledged: a 202 means the
+//! event is durable and will reach ClickHouse. A client retrying a request whose answer it lost sends the same
+//! ids again and is deduplicated, by JetStream within its window and by ClickHouse after it.
+
+use super::{ApiError, AppState};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
+use prost::Message as _;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+/// How long a request waits for JetStream's acknowledgement before answering 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Namespace of the message ids of batch messages (derived from their events' ids).
+const BATCH_ID_NAMESPACE: Uuid = Uuid::from_u128(0x0b5e_77a1_2c4d_4e8f_9a10_3b2c_1d0e_f9a8);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/event", post(record_event))
+        .route("/api/batch", post(record_batch))
+}
+
+/// Body encodings the API accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
+/// Reads the encoding from the `Content-Type` header (parameters such as `charset` are ignored).
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let unsupported = |what: &str| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            format!(
+                "{what}; use application/protobuf, application/x-protobuf, application/octet-stream or application/json"
+            ),
+        )
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported("missing Content-Type"));
+    };
+    let mime = value
+        .to_str()
+        .map_err(|_| unsupported("Content-Type is not ASCII"))?
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/protobuf" | "application/x-protobuf" | "application/octet-stream" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        other => Err(unsupported(&format!("Content-Type {other} is not supported"))),
+    }
+}
+
+/// Decodes a body holding a `T` in `encoding`.
+pub fn decode_body<T>(encoding: Encoding, body: &[u8]) -> Result<T, ApiError>
+where
+    T: prost::Message + Default + serde::de::DeserializeOwned,
+{
+    match encoding {
+        Encoding::Protobuf => {
+            T::decode(body).map_err(|e| ApiError::bad_request("invalid_protobuf", format!("body is not valid protobuf: {e}")))
+        }
+        Encoding::Json => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not a valid proto3 JSON event: {e}"))),
+    }
+}
+
+/// Checks one event and fills in what the server owns. `index` names the event in a batch.
+pub fn prepare(event: &mut AnalyticsEvent, index: Option<usize>, now_ms: i64, ip: &str, user_agent: Option<&str>) -> Result<(), ApiError> {
+    let which = index.map(|i| format!("events[{i}]: ")).unwrap_or_default();
+    if event.event_type.is_none() {
+        return Err(ApiError::bad_request(
+            "missing_event_type",
+            format!("{which}no event type is set (one of appStart, userLogin, messageSent, …)"),
+        ));
+    }
+    let ctx = event.context.get_or_insert_with(Default::default);
+    if ctx.event_id.is_empty() {
+        ctx.event_id = Uuid::now_v7().to_string();
+    } else if Uuid::parse_str(&ctx.event_id).is_err() {
+        return Err(ApiError::bad_request(
+            "invalid_event_id",
+            format!("{which}context.eventId {:?} is not a UUID", truncate(&ctx.event_id, 64)),
+        ));
+    }
+    ctx.server_ts = now_ms;
+    ctx.ip = ip.to_owned();
+    if let Some(ua) = user_agent {
+        ctx.user_agent = ua.to_owned();
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Reads the body up to the configured limit; larger bodies get 413.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.settings.server.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        state.metrics.reject("too_large");
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes (server.max_body_bytes)"),
+        )
+    })
+}
+
+/// Request facts the server stamps on events.
+struct Caller {
+    ip: String,
+    user_agent: Option<String>,
+}
+
+fn caller(addr: SocketAddr, headers: &HeaderMap) -> Caller {
+    Caller {
+        ip: addr.ip().to_string(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| truncate(s, 512).to_owned()),
+    }
+}
+
+/// Publishes `payload` to `subject` with `msg_id` and waits for JetStream's acknowledgement.
+async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes) -> Result<(), ApiError> {
+    let unavailable = |why: String| {
+        state.metrics.reject("unavailable");
+        tracing::error!(%why, "HTTP ingest could not publish");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the event bus is unavailable; retry later")
+    };
+    if payload.len() > state.settings.jetstream.max_message_bytes {
+        state.metrics.reject("too_large");
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "encoded message of {} bytes exceeds {} bytes (jetstream.max_message_bytes)",
+                payload.len(),
+                state.settings.jetstream.max_message_bytes
+            ),
+        ));
+    }
+    match (&state.jetstream, &state.nats) {
+        (Some(js), _) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+                js.publish_with_headers(subject, headers, payload).await?.await?;
+                Ok::<_, async_nats::Error>(())
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(unavailable(e.to_string())),
+                Err(_) => Err(unavailable("timed out waiting for the JetStream ack".into())),
+            }
+        }
+        // jetstream_enabled: false — core NATS, at most once, as documented.
+        (None, Some(nats)) => {
+            nats.publish(subject, payload).await.map_err(|e| unavailable(e.to_string()))?;
+            nats.flush().await.map_err(|e| unavailable(e.to_string()))
+        }
+        (None, None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "messaging_disabled",
+            "integrations.messaging.enabled is false: this server accepts no events",
+        )),
+    }
+}
+
+fn accepted(ids: Vec<String>) -> (StatusCode, Json<Value>) {
+    (StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "event_ids": ids })))
+}
+
+async fn record_event(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let result = async {
+        let encoding = encoding(&headers)?;
+        let body = read_body(&state, body).await?;
+        let mut event: AnalyticsEvent = decode_body(encoding, &body)?;
+        let who = caller(addr, &headers);
+        prepare(&mut event, None, now_ms(), &who.ip, who.user_agent.as_deref())?;
+        let subject = event.subject().unwrap_or_default();
+        let id = event.event_id().to_owned();
+        publish(&state, subject, &id, Bytes::from(event.encode_to_vec())).await?;
+        Ok(vec![id])
+    }
+    .await;
+    finish(&state, result)
+}
+
+async fn record_batch(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let result = async {
+        let encoding = encoding(&headers)?;
+        let body = read_body(&state, body).await?;
+        let mut batch: BatchRecordEventsRequest = decode_body(encoding, &body)?;
+        let max = state.settings.server.max_batch_events;
+        if batch.events.is_empty() {
+            return Err(ApiError::bad_request("empty_batch", "events is empty"));
+        }
+        if batch.events.len() > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_events",
+                format!("{} events exceed the limit of {max} (server.max_batch_events)", batch.events.len()),
+            ));
+        }
+        let who = caller(addr, &headers);
+        let now = now_ms();
+        for (i, event) in batch.events.iter_mut().enumerate() {
+            prepare(event, Some(i), now, &who.ip, who.user_agent.as_deref())?;
+        }
+        let ids: Vec<String> = batch.events.iter().map(|e| e.event_id().to_owned()).collect();
+        let msg_id = Uuid::new_v5(&BATCH_ID_NAMESPACE, ids.join(",").as_bytes()).to_string();
+        let subject = state.settings.integrations.messaging.subjects.analytics_batch.clone();
+        publish(&state, subject, &msg_id, Bytes::from(batch.encode_to_vec())).await?;
+        Ok(ids)
+    }
+    .await;
+    finish(&state, result)
+}
+
+fn finish(state: &AppState, result: Result<Vec<String>, ApiError>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match result {
+        Ok(ids) => {
+            state.metrics.http_events_accepted.inc_by(ids.len() as u64);
+            Ok(accepted(ids))
+        }
+        Err(err) => {
+            if err.status.is_client_error() {
+                state.metrics.reject(err.code);
+            }
+            Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use fechatter_protos::sample_events;
+
+    fn with_type(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).expect("ascii"));
+        h
+    }
+
+    #[test]
+    fn every_documented_content_type_is_accepted() {
+        for ct in ["application/protobuf", "application/x-protobuf", "application/octet-stream"] {
+            assert_eq!(encoding(&with_type(ct)).expect("ok"), Encoding::Protobuf);
+        }
+        assert_eq!(encoding(&with_type("application/json; charset=utf-8")).expect("ok"), Encoding::Json);
+    }
+
+    #[test]
+    fn other_or_missing_content_types_get_415() {
+        assert_eq!(encoding(&with_type("text/plain")).expect_err("no").status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(encoding(&HeaderMap::new()).expect_err("no").status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn the_server_stamps_time_ip_agent_and_a_missing_id() {
+        let mut event = sample_events().remove(2);
+        if let Some(ctx) = event.context.as_mut() {
+            ctx.event_id.clear();
+        }
+        prepare(&mut event, None, 42, "10.0.0.1", Some("curl/8")).expect("valid");
+        let ctx = event.context.expect("context");
+        assert_eq!((ctx.server_ts, ctx.ip.as_str(), ctx.user_agent.as_str()), (42, "10.0.0.1", "curl/8"));
+        assert_eq!(Uuid::parse_str(&ctx.event_id).expect("uuid").get_version_num(), 7);
+    }
+
+    #[test]
+    fn a_client_event_id_is_kept_and_must_be_a_uuid() {
+        let mut event = sample_events().remove(0);
+        let id = event.event_id().to_owned();
+        prepare(&mut event, None, 1, "ip", None).expect("valid");
+        assert_eq!(event.event_id(), id);
+        if let Some(ctx) = event.context.as_mut() {
+            ctx.event_id = "not-a-uuid".into();
+        }
+        let err = prepare(&mut event, Some(3), 1, "ip", None).expect_err("bad id");
+        assert_eq!(err.code, "invalid_event_id");
+        assert!(err.message.starts_with("events[3]"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_event_without_a_type_is_refused() {
+        let mut event = AnalyticsEvent::default();
+        assert_eq!(prepare(&mut event, None, 1, "ip", None).expect_err("no type").code, "missing_event_type");
+    }
+
+    #[test]
+    fn bodies_decode_in_both_encodings_and_garbage_is_named() {
+        let event = sample_events().remove(5);
+        let pb: AnalyticsEvent = decode_body(Encoding::Protobuf, &event.encode_to_vec()).expect("pb");
+        assert_eq!(pb, event);
+        let js: AnalyticsEvent = decode_body(Encoding::Json, &serde_json::to_vec(&event).expect("json")).expect("json");
+        assert_eq!(js, event);
+        let err = decode_body::<AnalyticsEvent>(Encoding::Json, b"{\"userLogin\": 5}").expect_err("bad");
+        assert_eq!(err.code, "invalid_json");
+        let err = decode_body::<AnalyticsEvent>(Encoding::Protobuf, &[0xff; 4]).expect_err("bad");
+        assert_eq!(err.code, "invalid_protobuf");
+    }
+}

@@ -1,0 +1,40 @@
+//! The HTTP API: health, readiness and metrics for operators, and event ingest for client apps.
+//!
+//! One `router()` per resource module, merged here; one error type whose JSON body always names the problem.
+
+mod error;
+mod health;
+mod ingest;
+
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use async_nats::jetstream::consumer::{pull, Consumer};
+use axum::Router;
+use std::sync::Arc;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// NATS connection (`None` when messaging is disabled).
+    pub nats: Option<async_nats::Client>,
+    /// JetStream context (`None` when messaging or JetStream is disabled).
+    pub jetstream: Option<async_nats::jetstream::Context>,
+    /// The durable consumer, for its pending counts.
+    pub consumer: Option<Consumer<pull::Config>>,
+    /// ClickHouse client bound to the analytics database.
+    pub clickhouse: clickhouse::Client,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(ingest::router())
+        .with_state(state)
+}

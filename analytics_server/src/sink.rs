@@ -1,0 +1,173 @@
+//! Writes batches to ClickHouse and acknowledges their messages only after the INSERT holding them succeeded.
+//!
+//! A failed INSERT is retried with capped exponential backoff and jitter, forever: the batch is kept, and the
+//! messages' ack deadlines are extended (`+WPI`) while retrying, so JetStream neither gives them up nor
+//! redelivers them elsewhere. An INSERT that succeeded on the server but whose answer was lost is simply
+//! repeated; the ReplacingMergeTree collapses the copies.
+
+use crate::batcher::Batch;
+use crate::error::chain;
+use crate::metrics::Metrics;
+use crate::row::EventRow;
+use crate::schema::EVENTS_TABLE;
+use crate::source::Ack;
+use async_nats::jetstream::AckKind;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Settings of the sink.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Timeout of one INSERT.
+    pub insert_timeout: Duration,
+    /// Cap of the backoff between retries.
+    pub max_backoff: Duration,
+    /// The consumer's ack wait: progress is signalled well within it.
+    pub ack_wait: Duration,
+}
+
+/// The ClickHouse writer.
+pub struct ClickHouseSink {
+    client: clickhouse::Client,
+    settings: SinkSettings,
+    metrics: Arc<Metrics>,
+    nats: Option<async_nats::Client>,
+}
+
+/// Backoff before retry number `attempt` (1-based): 100 ms doubling up to `cap`, with ±25 % jitter so several
+/// instances do not retry in step.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let capped = base.min(cap);
+    let jitter = rand::rng().random_range(0.75..=1.25);
+    capped.mul_f64(jitter)
+}
+
+impl ClickHouseSink {
+    /// A sink writing with `client`; `nats` is flushed after acknowledging so acks leave promptly.
+    pub fn new(
+        client: clickhouse::Client,
+        settings: SinkSettings,
+        metrics: Arc<Metrics>,
+        nats: Option<async_nats::Client>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            metrics,
+            nats,
+        }
+    }
+
+    /// Writes batches from `rx` until it closes.
+    pub async fn run(self, mut rx: mpsc::Receiver<Batch<Ack>>) {
+        while let Some(batch) = rx.recv().await {
+            self.write(batch).await;
+        }
+        tracing::info!("sink drained");
+    }
+
+    async fn insert(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
+        let timeout = Some(self.settings.insert_timeout);
+        let mut insert = self.client.insert::<EventRow>(EVENTS_TABLE).await?.with_timeouts(timeout, timeout);
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+
+    /// Inserts `batch` (retrying until it succeeds), then acknowledges its messages.
+    pub async fn write(&self, batch: Batch<Ack>) {
+        let rows = batch.rows.len();
+        let mut attempt = 0u32;
+        let mut last_progress = Instant::now();
+        let progress_every = self.settings.ack_wait / 3;
+        loop {
+            let started = Instant::now();
+            if rows == 0 {
+                break;
+            }
+            match self.insert(&batch.rows).await {
+                Ok(()) => {
+                    let elapsed = started.elapsed();
+                    self.metrics.insert_seconds.observe(elapsed.as_secs_f64());
+                    self.metrics.batch_rows.observe(rows as f64);
+                    self.metrics.events_inserted.inc_by(rows as u64);
+                    self.observe_latency(&batch.rows);
+                    tracing::info!(rows, ms = elapsed.as_millis() as u64, attempts = attempt + 1, "batch stored in ClickHouse");
+                    break;
+                }
+                Err(err) => {
+                    attempt += 1;
+                    self.metrics.insert_retries.inc();
+                    self.metrics.fail("insert");
+                    let wait = backoff(attempt, self.settings.max_backoff);
+                    tracing::error!(rows, attempt, retry_in_ms = wait.as_millis() as u64, error = %chain(&err), "INSERT failed; batch kept for retry");
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until {
+                        if last_progress.elapsed() >= progress_every {
+                            self.signal_progress(&batch.acks).await;
+                            last_progress = Instant::now();
+                        }
+                        tokio::time::sleep_until(until.min(Instant::now() + progress_every)).await;
+                    }
+                }
+            }
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for row in &batch.rows {
+                tracing::debug!("💾 Successfully stored analytics event: {} for user: {}", row.event_type, row.user_id);
+            }
+        }
+        for ack in &batch.acks {
+            if let Err(err) = ack.send(AckKind::Ack).await {
+                // The row is stored; a redelivery will be inserted again and collapse into it.
+                self.metrics.fail("ack");
+                tracing::warn!(error = %err, "failed to acknowledge a stored message");
+            }
+        }
+        if let Some(nats) = &self.nats {
+            let _ = nats.flush().await;
+        }
+    }
+
+    async fn signal_progress(&self, acks: &[Ack]) {
+        for ack in acks {
+            let _ = ack.send(AckKind::Progress).await;
+        }
+        if let Some(nats) = &self.nats {
+            let _ = nats.flush().await;
+        }
+    }
+
+    fn observe_latency(&self, rows: &[EventRow]) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        for row in rows.iter().filter(|r| r.server_ts > 0) {
+            let seconds = (now_ms - row.server_ts).max(0) as f64 / 1000.0;
+            self.metrics.end_to_end_seconds.observe(seconds);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(30);
+        let first = backoff(1, cap);
+        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125), "{first:?}");
+        let fifth = backoff(5, cap);
+        assert!(fifth >= Duration::from_millis(1200) && fifth <= Duration::from_millis(2000), "{fifth:?}");
+        for attempt in [20, 100, u32::MAX] {
+            assert!(backoff(attempt, cap) <= cap.mul_f64(1.25));
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Test support for the workspace: private, throw-away servers and process helpers.
+//!
+//! * [`NatsServer`] — a nats-server with JetStream, its store in a temporary directory.
+//! * [`ClickHouseServer`] — a clickhouse-server with its own config, data, tmp and log dirs.
+//! * [`PostgresServer`] — a PostgreSQL cluster made by `initdb` in a temporary directory.
+//! * [`ChildProcess`] / [`cargo_bin`] — run a binary (e.g. the service under test) with its
+//!   output captured to a log file, and stop it with SIGTERM or SIGKILL.
+//! * [`free_port`], [`wait_until`], [`wait_until_ok`] — small utilities.
+//!
+//! Every server listens on 127.0.0.1 only, on ports picked by [`free_port`], and keeps all of its
+//! files in its own [`tempfile::TempDir`], so any number of instances can run side by side and next
+//! to system-wide installations (whose configuration is never read). Servers are killed when their
+//! handle is dropped; the temporary directory goes with it.
+//!
+//! The binaries come from Debian's packages; `scripts/install-deps.sh` installs whatever is
+//! missing.
+
+mod clickhouse;
+mod nats;
+mod postgres;
+mod process;
+mod util;
+
+pub use clickhouse::ClickHouseServer;
+pub use nats::NatsServer;
+pub use postgres::PostgresServer;
+pub use process::{ChildProcess, cargo_bin};
+pub use util::{free_port, try_free_port, wait_until, wait_until_ok};
