@@ -1,0 +1,168 @@
+//! JetStream → ClickHouse on real servers: round trips, exactly-once, poison, stream set-up, core NATS.
+
+mod common;
+
+use common::{events, Stack};
+use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
+use fechatter_protos::{sample_events, BATCH_SUBJECT};
+use prost::Message as _;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn every_kind_lands_once_with_every_field_intact() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let samples = sample_events();
+    for event in &samples {
+        stack.publish_with_id(event, event.event_id()).await;
+    }
+    stack.wait_for_rows(samples.len() as u64, WAIT).await;
+
+    let rows = stack.rows().await;
+    let mut stored: Vec<AnalyticsEvent> =
+        rows.iter().map(|r| analytics_server::row::to_event(r).expect("row decodes")).collect();
+    let mut expected = samples.clone();
+    stored.sort_by(|a, b| a.event_id().cmp(b.event_id()));
+    expected.sort_by(|a, b| a.event_id().cmp(b.event_id()));
+    assert_eq!(stored, expected);
+    for row in &rows {
+        assert!(row.subject.starts_with("fechatter.analytics."), "{}", row.subject);
+        assert!(row.stream_sequence > 0);
+        assert!(row.ingested_at > 0);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_message_stores_each_of_its_events() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let batch = BatchRecordEventsRequest { events: events(50) };
+    stack.publish_raw(BATCH_SUBJECT, batch.encode_to_vec()).await;
+    stack.wait_for_rows(50, WAIT).await;
+    let rows = stack.rows().await;
+    assert!(rows.iter().all(|r| r.subject == BATCH_SUBJECT));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn republished_and_redelivered_events_never_show_twice() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let batch = events(1000);
+    stack.publish_all(&batch).await;
+    stack.wait_for_rows(1000, WAIT).await;
+
+    // A publisher retrying after JetStream's duplicate window: same event ids, new message ids.
+    for event in batch.iter().take(300) {
+        stack.publish_with_id(event, &uuid::Uuid::new_v4().to_string()).await;
+    }
+    stack.wait_consumer_idle(WAIT).await;
+    // And a redelivery after a lost ack: restart the service without acking (in-flight state dropped).
+    app.stop().await;
+    let app = stack.run_in_process(&[]).await;
+    for event in batch.iter().skip(700) {
+        stack.publish_with_id(event, &uuid::Uuid::new_v4().to_string()).await;
+    }
+    stack.wait_consumer_idle(WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    assert!(stack.physical_rows().await > 1000, "the copies really were inserted");
+    assert_eq!(stack.count_final().await, 1000);
+    assert_eq!(stack.distinct_ids().await, 1000);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn legacy_events_without_an_id_get_a_stable_one() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let mut event = sample_events().remove(3);
+    if let Some(ctx) = event.context.as_mut() {
+        ctx.event_id.clear();
+    }
+    stack.publish_raw("fechatter.analytics.user.logout", event.encode_to_vec()).await;
+    stack.wait_for_rows(1, WAIT).await;
+    let rows = stack.rows().await;
+    assert_eq!(uuid::Uuid::parse_str(&rows[0].event_id).expect("uuid").get_version_num(), 5);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[("ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES", "4096")]).await;
+    let good = events(4);
+    stack.publish_all(&good[..2]).await;
+    stack.publish_raw("fechatter.analytics.user.login", vec![0xff, 0xff, 0xff, 0x01]).await;
+    stack.publish_raw("fechatter.analytics.user.login", AnalyticsEvent::default().encode_to_vec()).await;
+    stack.publish_raw("fechatter.analytics.navigation", vec![0x0a; 5000]).await;
+    stack.publish_raw(BATCH_SUBJECT, BatchRecordEventsRequest::default().encode_to_vec()).await;
+    stack.publish_all(&good[2..]).await;
+
+    stack.wait_for_rows(4, WAIT).await;
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 4);
+
+    let dlq = stack.js.get_stream("ANALYTICS_DLQ").await.expect("dlq stream");
+    let first = dlq.get_raw_message(1).await.expect("first dead letter");
+    let headers = first.headers;
+    assert_eq!(headers.get("Fechatter-Original-Subject").map(|v| v.as_str()), Some("fechatter.analytics.user.login"));
+    assert_eq!(headers.get("Fechatter-Error-Reason").map(|v| v.as_str()), Some("invalid_protobuf"));
+    assert!(headers.get("Fechatter-Delivery-Count").is_some());
+    assert_eq!(first.payload.as_ref(), &[0xff, 0xff, 0xff, 0x01]);
+
+    let metrics = reqwest::get(app.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("analytics_events_dead_lettered_total 4"), "{metrics}");
+    assert!(metrics.contains("reason=\"invalid_protobuf\""), "{metrics}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_narrow_existing_stream_is_widened_and_keeps_its_messages() {
+    let stack = Stack::start().await;
+    stack
+        .js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ANALYTICS".into(),
+            subjects: vec!["fechatter.analytics.events".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("narrow stream");
+    stack.publish_raw("fechatter.analytics.events", vec![1, 2, 3]).await;
+
+    let app = stack.run_in_process(&[]).await;
+    let mut stream = stack.js.get_stream("ANALYTICS").await.expect("stream");
+    let info = stream.info().await.expect("info");
+    assert_eq!(info.config.subjects, vec!["fechatter.analytics.>".to_string()]);
+    assert!(info.config.duplicate_window >= Duration::from_secs(120));
+    // The old message is kept (and, being garbage, dead-lettered rather than blocking anything).
+    assert!(info.state.messages >= 1);
+    let good = events(3);
+    stack.publish_all(&good).await;
+    stack.wait_for_rows(3, WAIT).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn core_nats_mode_stores_events_published_while_it_runs() {
+    let stack = Stack::start().await;
+    let app = stack
+        .run_in_process(&[("ANALYTICS__INTEGRATIONS__MESSAGING__JETSTREAM_ENABLED", "false")])
+        .await;
+    // Let the subscription register before publishing (core NATS keeps nothing for absent subscribers).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for event in events(5) {
+        stack
+            .client
+            .publish(event.subject().expect("typed"), event.encode_to_vec().into())
+            .await
+            .expect("publish");
+    }
+    stack.client.flush().await.expect("flush");
+    stack.wait_for_rows(5, WAIT).await;
+    app.stop().await;
+}

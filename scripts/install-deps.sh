@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Installs what the tests need and this machine lacks, from Debian's packages (plus one PyPI
+# package):
+#   nats-server                          - NATS with JetStream   (test_support::NatsServer)
+#   clickhouse-server, clickhouse-client - ClickHouse 18.16       (test_support::ClickHouseServer)
+#   postgresql (15 on Debian 12)         - initdb, pg_ctl, psql   (test_support::PostgresServer)
+#   curl
+#   chdb-core (pip, import name `chdb`)  - an in-process current ClickHouse, used to check SQL
+#
+# Usage: scripts/install-deps.sh [--dry-run]
+#   Run as root or as a user with sudo. When everything is present it changes nothing, runs no
+#   apt-get update and prints "all dependencies present". --dry-run only prints what it would do.
+#   No system service is started: the tests run their own private servers (test_support), so
+#   services that the packages would start are held back with a policy-rc.d for the install.
+set -euo pipefail
+
+DRY_RUN=0
+case "${1:-}" in
+    "") ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h | --help)
+        sed -n '2,14p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--dry-run]" >&2
+        exit 2
+        ;;
+esac
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    SUDO=()
+fi
+
+# True if program $1 is on PATH or in the sbin/bin directories (a non-root PATH often lacks sbin).
+have() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    local dir
+    for dir in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+        [ -x "$dir/$1" ] && return 0
+    done
+    return 1
+}
+
+# True if some /usr/lib/postgresql/N/bin has the server programs test_support runs.
+have_postgres_server() {
+    local bin
+    for bin in /usr/lib/postgresql/*/bin; do
+        [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && [ -x "$bin/postgres" ] && return 0
+    done
+    return 1
+}
+
+missing=()
+have nats-server || missing+=(nats-server)
+have clickhouse-server || have clickhouse || missing+=(clickhouse-server)
+have clickhouse-client || have clickhouse || missing+=(clickhouse-client)
+if ! have_postgres_server; then
+    missing+=(postgresql)
+elif ! have psql; then
+    missing+=(postgresql-client)
+fi
+have curl || missing+=(curl)
+
+need_chdb=0
+if ! python3 -c 'import chdb' >/dev/null 2>&1; then
+    need_chdb=1
+    if ! have python3; then
+        missing+=(python3 python3-pip)
+    elif ! python3 -m pip --version >/dev/null 2>&1; then
+        missing+=(python3-pip)
+    fi
+fi
+
+if [ ${#missing[@]} -eq 0 ] && [ "$need_chdb" -eq 0 ]; then
+    echo "all dependencies present"
+    exit 0
+fi
+
+run() {
+    echo "+ $*"
+    if [ "$DRY_RUN" -eq 0 ]; then
+        "$@"
+    fi
+}
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
+        echo "install-deps: need root or sudo to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${missing[*]}"
+    # Keep the packages' maintainer scripts from starting services (nats-server,
+    # clickhouse-server, postgresql) during the install; an existing policy is left alone.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ] && [ "$DRY_RUN" -eq 0 ]; then
+        printf '#!/bin/sh\n# added by install-deps.sh for the duration of an install\nexit 101\n' |
+            "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 755 "$policy"
+        trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+    fi
+    run "${SUDO[@]}" apt-get update -qq
+    run "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$need_chdb" -eq 0 ]; then
+    echo "install-deps: done"
+    exit 0
+fi
+
+# chdb-core: the import name is `chdb`. A system Python marked EXTERNALLY-MANAGED (PEP 668,
+# Debian's /usr/bin/python3) needs --break-system-packages outside a virtualenv; a non-root user
+# without write access to site-packages installs with --user.
+pip_flags=()
+if [ "$DRY_RUN" -eq 0 ] || have python3; then
+    if python3 - <<'EOF' 2>/dev/null; then
+import os, sys, sysconfig
+in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if (os.path.exists(marker) and not in_venv) else 1)
+EOF
+        pip_flags+=(--break-system-packages)
+    fi
+    if ! python3 -c 'import os, sysconfig, sys; sys.exit(0 if os.access(sysconfig.get_path("purelib"), os.W_OK) else 1)' 2>/dev/null; then
+        pip_flags+=(--user)
+    fi
+fi
+run python3 -m pip install --quiet --disable-pip-version-check "${pip_flags[@]}" chdb-core
+if [ "$DRY_RUN" -eq 0 ]; then
+    python3 -c 'import chdb; chdb.query("SELECT 1")' >/dev/null
+fi
+echo "install-deps: done"
