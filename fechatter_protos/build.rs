@@ -13,10 +13,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     prost_build::Config::new()
         .protoc_executable(protoc_bin_vendored::protoc_bin_path()?)
         .file_descriptor_set_path(&descriptor_path)
-        .compile_protos(
-            &[proto_dir.join("fechatter/v1/analytics.proto")],
-            &[&proto_dir],
-        )?;
+        .compile_protos(&[proto_dir.join("fechatter/v1/analytics.proto")], &[&proto_dir])?;
 
     let descriptor_set = fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()

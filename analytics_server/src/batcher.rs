@@ -60,7 +60,7 @@ impl<A> Batch<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::row::{to_row, Origin};
+    use crate::row::{Origin, to_row};
     use fechatter_protos::sample_events;
 
     fn rows(n: usize) -> Vec<EventRow> {
@@ -94,7 +94,10 @@ mod tests {
         let first = Instant::now();
         batch.push(rows(1), 1, first);
         batch.push(rows(1), 2, first + Duration::from_secs(3));
-        assert_eq!(batch.deadline(Duration::from_secs(5)), Some(first + Duration::from_secs(5)));
+        assert_eq!(
+            batch.deadline(Duration::from_secs(5)),
+            Some(first + Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -141,10 +141,7 @@ impl Settings {
     }
 
     /// Loads the defaults, `path` and the overrides in `vars`, then validates.
-    pub fn load(
-        path: Option<&Path>,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(path: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let settings: Self = fechatter_config::load(DEFAULTS, path, ENV_PREFIX, vars)?;
         settings.validate()?;
         Ok(settings)
@@ -193,7 +190,10 @@ impl Settings {
             return invalid("jetstream.max_age_days", "must be at least 1".into());
         }
         if js.stream == js.dead_letter_stream {
-            return invalid("jetstream.dead_letter_stream", "must differ from jetstream.stream".into());
+            return invalid(
+                "jetstream.dead_letter_stream",
+                "must differ from jetstream.stream".into(),
+            );
         }
         if subject_matches(&subjects.analytics_events, &js.dead_letter_subject) {
             return invalid(
@@ -202,10 +202,16 @@ impl Settings {
             );
         }
         let covered = [
-            ("integrations.messaging.subjects.analytics_batch", &subjects.analytics_batch),
+            (
+                "integrations.messaging.subjects.analytics_batch",
+                &subjects.analytics_batch,
+            ),
             ("integrations.messaging.subjects.user_events", &subjects.user_events),
             ("integrations.messaging.subjects.chat_events", &subjects.chat_events),
-            ("integrations.messaging.subjects.message_events", &subjects.message_events),
+            (
+                "integrations.messaging.subjects.message_events",
+                &subjects.message_events,
+            ),
             ("integrations.messaging.subjects.bot_events", &subjects.bot_events),
             ("integrations.messaging.subjects.error_events", &subjects.error_events),
         ];
@@ -213,14 +219,24 @@ impl Settings {
             if !subject_matches(&subjects.analytics_events, pattern) {
                 return invalid(
                     key,
-                    format!("{pattern} is not covered by analytics_events ({})", subjects.analytics_events),
+                    format!(
+                        "{pattern} is not covered by analytics_events ({})",
+                        subjects.analytics_events
+                    ),
                 );
             }
         }
-        if !self.clickhouse.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        if !self
+            .clickhouse
+            .database
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
             || self.clickhouse.database.is_empty()
         {
-            return invalid("clickhouse.database", "must be a plain identifier ([A-Za-z0-9_])".into());
+            return invalid(
+                "clickhouse.database",
+                "must be a plain identifier ([A-Za-z0-9_])".into(),
+            );
         }
         Ok(())
     }
@@ -263,7 +279,10 @@ mod tests {
         assert_eq!(s.batch_size, 100);
         assert_eq!(s.flush_interval_seconds, 30);
         assert_eq!(s.jetstream.stream, "ANALYTICS");
-        assert_eq!(s.integrations.messaging.subjects.analytics_events, "fechatter.analytics.>");
+        assert_eq!(
+            s.integrations.messaging.subjects.analytics_events,
+            "fechatter.analytics.>"
+        );
         assert!(s.integrations.messaging.enabled && s.integrations.messaging.jetstream_enabled);
     }
 
@@ -299,7 +318,10 @@ mod tests {
     fn compatibility_subjects_must_be_covered() {
         let err = Settings::load(
             None,
-            vars(&[("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_EVENTS", "fechatter.analytics.events")]),
+            vars(&[(
+                "ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_EVENTS",
+                "fechatter.analytics.events",
+            )]),
         )
         .expect_err("narrow");
         assert!(err.to_string().contains("analytics_batch"), "{err}");
@@ -310,7 +332,10 @@ mod tests {
         assert!(subject_matches("fechatter.analytics.>", "fechatter.analytics.user.>"));
         assert!(subject_matches("fechatter.analytics.>", "fechatter.analytics.batch"));
         assert!(!subject_matches("fechatter.analytics.>", "fechatter.analytics"));
-        assert!(!subject_matches("fechatter.analytics.>", "fechatter.deadletter.analytics"));
+        assert!(!subject_matches(
+            "fechatter.analytics.>",
+            "fechatter.deadletter.analytics"
+        ));
         assert!(subject_matches("a.*.c", "a.b.c"));
         assert!(!subject_matches("a.*.c", "a.>"));
         assert!(subject_matches(">", "anything.at.all"));

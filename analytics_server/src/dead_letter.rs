@@ -5,8 +5,8 @@
 //! original unacknowledged, to be redelivered and tried again.
 
 use crate::source::Incoming;
-use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
 
 /// Header holding the subject the poison message was published on.
 pub const HEADER_SUBJECT: &str = "Fechatter-Original-Subject";
@@ -23,6 +23,7 @@ pub const HEADER_SEQUENCE: &str = "Fechatter-Stream-Sequence";
 #[derive(Clone)]
 pub struct DeadLetters {
     js: Context,
+    client: async_nats::Client,
     subject: String,
     stream: String,
 }
@@ -40,7 +41,18 @@ pub struct DeadLetterError {
 impl DeadLetters {
     /// Dead letters go to `subject`; `stream` is the source stream, used in the dedup id.
     pub fn new(js: Context, subject: String, stream: String) -> Self {
-        Self { js, subject, stream }
+        let client = js.client();
+        Self {
+            js,
+            client,
+            subject,
+            stream,
+        }
+    }
+
+    /// The NATS connection dead letters go through (also used to terminate the originals).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// Copies `message` with `reason` and `error` and waits for JetStream's acknowledgement.

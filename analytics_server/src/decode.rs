@@ -56,8 +56,8 @@ pub fn decode(
         });
     }
     let events = if subject == batch_subject {
-        let batch = BatchRecordEventsRequest::decode(payload)
-            .map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
+        let batch =
+            BatchRecordEventsRequest::decode(payload).map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
         if batch.events.is_empty() {
             return Err(DecodeError::EmptyBatch);
         }
@@ -138,7 +138,10 @@ mod tests {
             .find_map(|e| e.event_type.filter(|k| k.type_name() == "user_login"))
             .expect("sample has a login");
         assert_eq!(subject_mismatch("fechatter.analytics.user.login", &login), None);
-        assert_eq!(subject_mismatch("fechatter.analytics.user.logout", &login), Some("user_logout"));
+        assert_eq!(
+            subject_mismatch("fechatter.analytics.user.logout", &login),
+            Some("user_logout")
+        );
         assert_eq!(subject_mismatch("fechatter.analytics.whatever", &login), None);
     }
 }

@@ -5,8 +5,8 @@
 //! duplicate window); it is never narrowed and never deleted, since other publishers' data may live in it.
 //! Every action is logged.
 
-use crate::config::{subject_matches, Settings};
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use crate::config::{Settings, subject_matches};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, Context};
 use std::time::Duration;
@@ -199,7 +199,10 @@ pub async fn ensure_consumer(
             Ok(existing)
         }
         Err(_) => {
-            let consumer = stream.get_or_create_consumer(&names.consumer, config).await.map_err(|e| err(e.into()))?;
+            let consumer = stream
+                .get_or_create_consumer(&names.consumer, config)
+                .await
+                .map_err(|e| err(e.into()))?;
             tracing::info!(consumer = %names.consumer, stream = %names.stream, "durable consumer ready");
             Ok(consumer)
         }
@@ -242,7 +245,10 @@ mod tests {
 
     #[test]
     fn shorter_retention_and_dedup_window_are_raised() {
-        let (next, changes) = widen(&cfg(&["fechatter.analytics.>"], 1, 30), &cfg(&["fechatter.analytics.>"], 30, 120));
+        let (next, changes) = widen(
+            &cfg(&["fechatter.analytics.>"], 1, 30),
+            &cfg(&["fechatter.analytics.>"], 30, 120),
+        );
         assert_eq!(next.max_age, Duration::from_secs(30 * 86_400));
         assert_eq!(next.duplicate_window, Duration::from_secs(120));
         assert_eq!(changes.len(), 2);
@@ -250,7 +256,10 @@ mod tests {
 
     #[test]
     fn unlimited_retention_stays_unlimited() {
-        let (next, _) = widen(&cfg(&["fechatter.analytics.>"], 0, 120), &cfg(&["fechatter.analytics.>"], 30, 120));
+        let (next, _) = widen(
+            &cfg(&["fechatter.analytics.>"], 0, 120),
+            &cfg(&["fechatter.analytics.>"], 30, 120),
+        );
         assert!(next.max_age.is_zero());
     }
 }

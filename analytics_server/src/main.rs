@@ -9,7 +9,9 @@ use anyhow::Context;
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let settings = Settings::from_env().context("Failed to load configuration")?;
-    let app = Application::build(settings).await.context("Failed to start analytics_server")?;
+    let app = Application::build(settings)
+        .await
+        .context("Failed to start analytics_server")?;
     app.run_until_stopped(shutdown::on_signals())
         .await
         .context("HTTP server failed")

@@ -6,7 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Label of [`Metrics::failed`].
@@ -76,39 +76,87 @@ impl Metrics {
             http_rejected: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("messages_received", "Messages received from NATS", m.messages_received.clone());
-        registry.register("events_received", "Events decoded from received messages", m.events_received.clone());
-        registry.register("events_inserted", "Rows inserted into ClickHouse", m.events_inserted.clone());
+        registry.register(
+            "messages_received",
+            "Messages received from NATS",
+            m.messages_received.clone(),
+        );
+        registry.register(
+            "events_received",
+            "Events decoded from received messages",
+            m.events_received.clone(),
+        );
+        registry.register(
+            "events_inserted",
+            "Rows inserted into ClickHouse",
+            m.events_inserted.clone(),
+        );
         registry.register("events_failed", "Failures by reason", m.failed.clone());
-        registry.register("events_dead_lettered", "Messages dead-lettered and terminated", m.dead_lettered.clone());
-        registry.register("insert_retries", "Failed INSERT attempts that are retried", m.insert_retries.clone());
+        registry.register(
+            "events_dead_lettered",
+            "Messages dead-lettered and terminated",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "insert_retries",
+            "Failed INSERT attempts that are retried",
+            m.insert_retries.clone(),
+        );
         registry.register("batch_rows", "Rows per flushed batch", m.batch_rows.clone());
-        registry.register("insert_duration_seconds", "Duration of successful INSERTs", m.insert_seconds.clone());
+        registry.register(
+            "insert_duration_seconds",
+            "Duration of successful INSERTs",
+            m.insert_seconds.clone(),
+        );
         registry.register(
             "end_to_end_latency_seconds",
             "From the event's server_ts to its INSERT succeeding",
             m.end_to_end_seconds.clone(),
         );
-        registry.register("consumer_pending", "Messages not yet delivered to the consumer", m.consumer_pending.clone());
+        registry.register(
+            "consumer_pending",
+            "Messages not yet delivered to the consumer",
+            m.consumer_pending.clone(),
+        );
         registry.register(
             "consumer_ack_pending",
             "Messages delivered and not yet acknowledged",
             m.consumer_ack_pending.clone(),
         );
-        registry.register("consumer_redelivered", "Messages redelivered at least once", m.consumer_redelivered.clone());
-        registry.register("http_events_accepted", "Events accepted by the HTTP API", m.http_events_accepted.clone());
-        registry.register("http_rejected", "HTTP ingest requests refused, by reason", m.http_rejected.clone());
+        registry.register(
+            "consumer_redelivered",
+            "Messages redelivered at least once",
+            m.consumer_redelivered.clone(),
+        );
+        registry.register(
+            "http_events_accepted",
+            "Events accepted by the HTTP API",
+            m.http_events_accepted.clone(),
+        );
+        registry.register(
+            "http_rejected",
+            "HTTP ingest requests refused, by reason",
+            m.http_rejected.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// Counts one failure of `reason`.
     pub fn fail(&self, reason: &str) {
-        self.failed.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.failed
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one refused HTTP request.
     pub fn reject(&self, reason: &str) {
-        self.http_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.http_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -131,7 +179,10 @@ mod tests {
         m.fail("invalid_protobuf");
         let text = m.render();
         assert!(text.contains("analytics_events_inserted_total 3"), "{text}");
-        assert!(text.contains("analytics_events_failed_total{reason=\"invalid_protobuf\"} 1"), "{text}");
+        assert!(
+            text.contains("analytics_events_failed_total{reason=\"invalid_protobuf\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("analytics_end_to_end_latency_seconds_bucket"), "{text}");
     }
 }

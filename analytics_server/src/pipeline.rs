@@ -7,10 +7,10 @@
 
 use crate::batcher::Batch;
 use crate::dead_letter::DeadLetters;
-use crate::error::chain;
 use crate::decode::{decode, subject_mismatch};
+use crate::error::chain;
 use crate::metrics::Metrics;
-use crate::row::{to_row, Origin};
+use crate::row::{Origin, to_row};
 use crate::source::{Ack, Incoming};
 use async_nats::jetstream::AckKind;
 use std::sync::Arc;
@@ -99,7 +99,12 @@ async fn handle(
         message.subject,
         message.payload.len()
     );
-    match decode(&message.subject, &message.payload, &settings.batch_subject, settings.max_message_bytes) {
+    match decode(
+        &message.subject,
+        &message.payload,
+        &settings.batch_subject,
+        settings.max_message_bytes,
+    ) {
         Ok(events) => {
             let ingested_at = now_seconds();
             let rows = events
@@ -144,7 +149,7 @@ async fn handle(
             };
             match dead_letters.send(&message, err.reason(), &err.to_string()).await {
                 Ok(()) => {
-                    if let Err(e) = message.ack.send(AckKind::Term).await {
+                    if let Err(e) = message.ack.send(dead_letters.client(), AckKind::Term).await {
                         // The copy is stored; a redelivery will be dead-lettered again and deduplicated.
                         tracing::warn!(error = %e, "failed to terminate a dead-lettered message");
                     }

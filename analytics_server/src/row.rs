@@ -5,9 +5,9 @@
 //! new proto fields need no schema change. [`to_event`] rebuilds the protobuf event from a row, which the
 //! round-trip tests use to prove nothing was lost.
 
+use fechatter_protos::KindError;
 use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{AnalyticsEvent, EventContext, GeoLocation, SystemInfo};
-use fechatter_protos::KindError;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

@@ -118,7 +118,11 @@ pub async fn migrate(server: &Client, client: &Client, database: &str) -> Result
             database: database.to_owned(),
             source,
         })?;
-    client.query(LEDGER_DDL).execute().await.map_err(SchemaError::ReadVersion)?;
+    client
+        .query(LEDGER_DDL)
+        .execute()
+        .await
+        .map_err(SchemaError::ReadVersion)?;
     let mut applied: u32 = client
         .query(queries::SCHEMA_VERSION)
         .fetch_one()
@@ -128,11 +132,15 @@ pub async fn migrate(server: &Client, client: &Client, database: &str) -> Result
     let pending = MIGRATIONS.iter().filter(move |m| m.version > start);
     for migration in pending {
         for statement in migration.statements {
-            client.query(statement).execute().await.map_err(|source| SchemaError::Migrate {
-                version: migration.version,
-                name: migration.name,
-                source,
-            })?;
+            client
+                .query(statement)
+                .execute()
+                .await
+                .map_err(|source| SchemaError::Migrate {
+                    version: migration.version,
+                    name: migration.name,
+                    source,
+                })?;
         }
         client
             .query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
@@ -145,7 +153,11 @@ pub async fn migrate(server: &Client, client: &Client, database: &str) -> Result
                 name: migration.name,
                 source,
             })?;
-        tracing::info!(version = migration.version, name = migration.name, "applied ClickHouse migration");
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied ClickHouse migration"
+        );
         applied = migration.version;
     }
     Ok(applied)
@@ -158,7 +170,11 @@ pub fn all_statements(database: &str) -> Vec<String> {
         format!("USE {database}"),
         LEDGER_DDL.to_owned(),
     ];
-    out.extend(MIGRATIONS.iter().flat_map(|m| m.statements.iter().map(|s| (*s).to_owned())));
+    out.extend(
+        MIGRATIONS
+            .iter()
+            .flat_map(|m| m.statements.iter().map(|s| (*s).to_owned())),
+    );
     out.push("INSERT INTO schema_migrations (version, name) VALUES (1, 'x')".to_owned());
     out.extend(
         [
@@ -192,7 +208,15 @@ mod tests {
     #[test]
     fn ddl_avoids_what_clickhouse_18_16_lacks() {
         for sql in all_statements("db") {
-            for missing in ["TTL", "CODEC", "DateTime64", "LowCardinality", "Map(", "JSONExtract", "WITH "] {
+            for missing in [
+                "TTL",
+                "CODEC",
+                "DateTime64",
+                "LowCardinality",
+                "Map(",
+                "JSONExtract",
+                "WITH ",
+            ] {
                 assert!(!sql.contains(missing), "{missing} in {sql}");
             }
         }

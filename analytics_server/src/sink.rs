@@ -72,7 +72,11 @@ impl ClickHouseSink {
 
     async fn insert(&self, rows: &[EventRow]) -> Result<(), clickhouse::error::Error> {
         let timeout = Some(self.settings.insert_timeout);
-        let mut insert = self.client.insert::<EventRow>(EVENTS_TABLE).await?.with_timeouts(timeout, timeout);
+        let mut insert = self
+            .client
+            .insert::<EventRow>(EVENTS_TABLE)
+            .await?
+            .with_timeouts(timeout, timeout);
         for row in rows {
             insert.write(row).await?;
         }
@@ -97,7 +101,12 @@ impl ClickHouseSink {
                     self.metrics.batch_rows.observe(rows as f64);
                     self.metrics.events_inserted.inc_by(rows as u64);
                     self.observe_latency(&batch.rows);
-                    tracing::info!(rows, ms = elapsed.as_millis() as u64, attempts = attempt + 1, "batch stored in ClickHouse");
+                    tracing::info!(
+                        rows,
+                        ms = elapsed.as_millis() as u64,
+                        attempts = attempt + 1,
+                        "batch stored in ClickHouse"
+                    );
                     break;
                 }
                 Err(err) => {
@@ -119,28 +128,30 @@ impl ClickHouseSink {
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
             for row in &batch.rows {
-                tracing::debug!("💾 Successfully stored analytics event: {} for user: {}", row.event_type, row.user_id);
+                tracing::debug!(
+                    "💾 Successfully stored analytics event: {} for user: {}",
+                    row.event_type,
+                    row.user_id
+                );
             }
         }
+        let Some(nats) = &self.nats else { return };
         for ack in &batch.acks {
-            if let Err(err) = ack.send(AckKind::Ack).await {
+            if let Err(err) = ack.send(nats, AckKind::Ack).await {
                 // The row is stored; a redelivery will be inserted again and collapse into it.
                 self.metrics.fail("ack");
                 tracing::warn!(error = %err, "failed to acknowledge a stored message");
             }
         }
-        if let Some(nats) = &self.nats {
-            let _ = nats.flush().await;
-        }
+        let _ = nats.flush().await;
     }
 
     async fn signal_progress(&self, acks: &[Ack]) {
+        let Some(nats) = &self.nats else { return };
         for ack in acks {
-            let _ = ack.send(AckKind::Progress).await;
+            let _ = ack.send(nats, AckKind::Progress).await;
         }
-        if let Some(nats) = &self.nats {
-            let _ = nats.flush().await;
-        }
+        let _ = nats.flush().await;
     }
 
     fn observe_latency(&self, rows: &[EventRow]) {
@@ -163,9 +174,15 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let cap = Duration::from_secs(30);
         let first = backoff(1, cap);
-        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125), "{first:?}");
+        assert!(
+            first >= Duration::from_millis(75) && first <= Duration::from_millis(125),
+            "{first:?}"
+        );
         let fifth = backoff(5, cap);
-        assert!(fifth >= Duration::from_millis(1200) && fifth <= Duration::from_millis(2000), "{fifth:?}");
+        assert!(
+            fifth >= Duration::from_millis(1200) && fifth <= Duration::from_millis(2000),
+            "{fifth:?}"
+        );
         for attempt in [20, 100, u32::MAX] {
             assert!(backoff(attempt, cap) <= cap.mul_f64(1.25));
         }

@@ -6,9 +6,9 @@
 //! the consumer's `max_ack_pending` are what keep memory flat however large the backlog. The task stops
 //! pulling when the shutdown token is cancelled and closes the channel, which lets the pipeline flush.
 
-use async_nats::jetstream::consumer::{pull, Consumer};
-use async_nats::jetstream::message::Acker;
+use async_nats::Subject;
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{Consumer, pull};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
@@ -32,18 +32,21 @@ pub struct Incoming {
 }
 
 /// The acknowledgement handle of a message.
+///
+/// Only the reply subject is kept (not the crate's `Acker`, which carries a whole JetStream context): tens of
+/// thousands of these are held while batches are built and retried.
 pub enum Ack {
-    /// A JetStream message: acknowledged after its INSERT succeeded.
-    JetStream(Acker),
+    /// A JetStream message: acknowledged, through its reply subject, after its INSERT succeeded.
+    JetStream(Subject),
     /// A core NATS message: there is nothing to acknowledge.
     None,
 }
 
 impl Ack {
-    /// Sends `kind` for this message (a no-op for core NATS).
-    pub async fn send(&self, kind: AckKind) -> Result<(), async_nats::Error> {
+    /// Sends `kind` for this message over `nats` (a no-op for core NATS).
+    pub async fn send(&self, nats: &async_nats::Client, kind: AckKind) -> Result<(), async_nats::PublishError> {
         match self {
-            Self::JetStream(acker) => acker.ack_with(kind).await,
+            Self::JetStream(reply) => nats.publish(reply.clone(), Bytes::from(kind)).await,
             Self::None => Ok(()),
         }
     }
@@ -104,14 +107,18 @@ pub async fn run_jetstream(
                         .info()
                         .map(|i| (i.stream_sequence, i.delivered))
                         .unwrap_or((0, 1));
-                    let (message, acker) = message.split();
+                    let message: async_nats::Message = message.into();
+                    let Some(reply) = message.reply.clone() else {
+                        tracing::warn!(subject = %message.subject, "JetStream message without a reply subject");
+                        continue;
+                    };
                     let incoming = Incoming {
                         subject: message.subject.to_string(),
                         payload: message.payload,
                         headers: message.headers,
                         stream_sequence,
                         delivered,
-                        ack: Ack::JetStream(acker),
+                        ack: Ack::JetStream(reply),
                     };
                     if tx.send(incoming).await.is_err() {
                         break 'outer;

@@ -6,11 +6,11 @@ use crate::config::Settings;
 use crate::dead_letter::DeadLetters;
 use crate::error::chain;
 use crate::http::{self, AppState};
-use crate::jetstream::{ensure_consumer, ensure_dead_letter_stream, ensure_stream, SetupError};
+use crate::jetstream::{SetupError, ensure_consumer, ensure_dead_letter_stream, ensure_stream};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineSettings};
 use crate::schema::{self, SchemaError};
-use crate::sink::{backoff, ClickHouseSink, SinkSettings};
+use crate::sink::{ClickHouseSink, SinkSettings, backoff};
 use crate::source::{self, PullSettings};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -131,9 +131,10 @@ impl Application {
         }
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&address)
-            .await
-            .map_err(|source| StartupError::Bind { address: address.clone(), source })?;
+        let listener = TcpListener::bind(&address).await.map_err(|source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(settings.server.port);
         let state = AppState {
             settings: settings.clone(),
@@ -183,9 +184,10 @@ impl Application {
         } else {
             drop(in_tx);
         }
-        let dead_letters = state.jetstream.clone().map(|js| {
-            DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone())
-        });
+        let dead_letters = state
+            .jetstream
+            .clone()
+            .map(|js| DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone()));
         let pipeline_settings = PipelineSettings {
             batch_size: settings.batch_size,
             flush_interval: settings.flush_interval(),
@@ -193,7 +195,13 @@ impl Application {
             max_message_bytes: js_settings.max_message_bytes,
             stream: js_settings.stream.clone(),
         };
-        tracker.spawn(pipeline::run(pipeline_settings, in_rx, batch_tx, dead_letters, state.metrics.clone()));
+        tracker.spawn(pipeline::run(
+            pipeline_settings,
+            in_rx,
+            batch_tx,
+            dead_letters,
+            state.metrics.clone(),
+        ));
         let sink = ClickHouseSink::new(
             state.clickhouse.clone(),
             SinkSettings {

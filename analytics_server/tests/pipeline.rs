@@ -2,9 +2,9 @@
 
 mod common;
 
-use common::{events, Stack};
+use common::{Stack, events};
 use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
-use fechatter_protos::{sample_events, BATCH_SUBJECT};
+use fechatter_protos::{BATCH_SUBJECT, sample_events};
 use prost::Message as _;
 use std::time::Duration;
 
@@ -21,8 +21,10 @@ async fn every_kind_lands_once_with_every_field_intact() {
     stack.wait_for_rows(samples.len() as u64, WAIT).await;
 
     let rows = stack.rows().await;
-    let mut stored: Vec<AnalyticsEvent> =
-        rows.iter().map(|r| analytics_server::row::to_event(r).expect("row decodes")).collect();
+    let mut stored: Vec<AnalyticsEvent> = rows
+        .iter()
+        .map(|r| analytics_server::row::to_event(r).expect("row decodes"))
+        .collect();
     let mut expected = samples.clone();
     stored.sort_by(|a, b| a.event_id().cmp(b.event_id()));
     expected.sort_by(|a, b| a.event_id().cmp(b.event_id()));
@@ -83,23 +85,43 @@ async fn legacy_events_without_an_id_get_a_stable_one() {
     if let Some(ctx) = event.context.as_mut() {
         ctx.event_id.clear();
     }
-    stack.publish_raw("fechatter.analytics.user.logout", event.encode_to_vec()).await;
+    stack
+        .publish_raw("fechatter.analytics.user.logout", event.encode_to_vec())
+        .await;
     stack.wait_for_rows(1, WAIT).await;
     let rows = stack.rows().await;
-    assert_eq!(uuid::Uuid::parse_str(&rows[0].event_id).expect("uuid").get_version_num(), 5);
+    assert_eq!(
+        uuid::Uuid::parse_str(&rows[0].event_id)
+            .expect("uuid")
+            .get_version_num(),
+        5
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
     let stack = Stack::start().await;
-    let app = stack.run_in_process(&[("ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES", "4096")]).await;
+    let app = stack
+        .run_in_process(&[("ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES", "4096")])
+        .await;
     let good = events(4);
     stack.publish_all(&good[..2]).await;
-    stack.publish_raw("fechatter.analytics.user.login", vec![0xff, 0xff, 0xff, 0x01]).await;
-    stack.publish_raw("fechatter.analytics.user.login", AnalyticsEvent::default().encode_to_vec()).await;
-    stack.publish_raw("fechatter.analytics.navigation", vec![0x0a; 5000]).await;
-    stack.publish_raw(BATCH_SUBJECT, BatchRecordEventsRequest::default().encode_to_vec()).await;
+    stack
+        .publish_raw("fechatter.analytics.user.login", vec![0xff, 0xff, 0xff, 0x01])
+        .await;
+    stack
+        .publish_raw(
+            "fechatter.analytics.user.login",
+            AnalyticsEvent::default().encode_to_vec(),
+        )
+        .await;
+    stack
+        .publish_raw("fechatter.analytics.navigation", vec![0x0a; 5000])
+        .await;
+    stack
+        .publish_raw(BATCH_SUBJECT, BatchRecordEventsRequest::default().encode_to_vec())
+        .await;
     stack.publish_all(&good[2..]).await;
 
     stack.wait_for_rows(4, WAIT).await;
@@ -109,12 +131,23 @@ async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
     let dlq = stack.js.get_stream("ANALYTICS_DLQ").await.expect("dlq stream");
     let first = dlq.get_raw_message(1).await.expect("first dead letter");
     let headers = first.headers;
-    assert_eq!(headers.get("Fechatter-Original-Subject").map(|v| v.as_str()), Some("fechatter.analytics.user.login"));
-    assert_eq!(headers.get("Fechatter-Error-Reason").map(|v| v.as_str()), Some("invalid_protobuf"));
+    assert_eq!(
+        headers.get("Fechatter-Original-Subject").map(|v| v.as_str()),
+        Some("fechatter.analytics.user.login")
+    );
+    assert_eq!(
+        headers.get("Fechatter-Error-Reason").map(|v| v.as_str()),
+        Some("invalid_protobuf")
+    );
     assert!(headers.get("Fechatter-Delivery-Count").is_some());
     assert_eq!(first.payload.as_ref(), &[0xff, 0xff, 0xff, 0x01]);
 
-    let metrics = reqwest::get(app.url("/metrics")).await.expect("metrics").text().await.expect("text");
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     assert!(metrics.contains("analytics_events_dead_lettered_total 4"), "{metrics}");
     assert!(metrics.contains("reason=\"invalid_protobuf\""), "{metrics}");
     app.stop().await;

@@ -16,15 +16,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("failed to read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid YAML: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_norway::Error,
-    },
+    Parse { path: PathBuf, source: serde_norway::Error },
     #[error("environment variable {variable} names no key (expected {prefix}__SECTION__KEY)")]
     EmptyEnvKey { variable: String, prefix: String },
     #[error("environment variable {variable} overrides `{key}`, but `{parent}` is not a section")]
@@ -99,10 +93,7 @@ pub fn from_tree<T: DeserializeOwned>(
 ) -> Result<T, ConfigError> {
     let mut overridden = Vec::new();
     let marker = format!("{prefix}__");
-    let mut vars: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(&marker))
-        .collect();
+    let mut vars: Vec<(String, String)> = vars.into_iter().filter(|(name, _)| name.starts_with(&marker)).collect();
     // Sorted so that the outcome does not depend on the order the OS lists variables in.
     vars.sort();
     for (variable, raw) in vars {
@@ -192,15 +183,11 @@ mod tests {
     }
 
     fn tree() -> Value {
-        serde_norway::from_str("name: a\nbatch_size: 1\ninner:\n  enabled: false\n  password: x\n")
-            .expect("valid yaml")
+        serde_norway::from_str("name: a\nbatch_size: 1\ninner:\n  enabled: false\n  password: x\n").expect("valid yaml")
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
@@ -224,8 +211,7 @@ mod tests {
 
     #[test]
     fn unknown_key_in_the_environment_is_named_with_its_variable() {
-        let err = from_tree::<Outer>(tree(), "APP", env(&[("APP__INNER__PASWORD", "x")]))
-            .expect_err("unknown key");
+        let err = from_tree::<Outer>(tree(), "APP", env(&[("APP__INNER__PASWORD", "x")])).expect_err("unknown key");
         let text = err.to_string();
         assert!(text.contains("inner.pasword"), "{text}");
         assert!(text.contains("APP__INNER__PASWORD"), "{text}");
@@ -233,8 +219,7 @@ mod tests {
 
     #[test]
     fn invalid_value_names_the_key() {
-        let err = from_tree::<Outer>(tree(), "APP", env(&[("APP__BATCH_SIZE", "many")]))
-            .expect_err("not a number");
+        let err = from_tree::<Outer>(tree(), "APP", env(&[("APP__BATCH_SIZE", "many")])).expect_err("not a number");
         assert!(err.to_string().contains("`batch_size`"), "{err}");
     }
 
@@ -263,8 +248,7 @@ mod tests {
 
     #[test]
     fn overriding_below_a_scalar_is_refused() {
-        let err = from_tree::<Outer>(tree(), "APP", env(&[("APP__NAME__X", "1")]))
-            .expect_err("name is not a section");
+        let err = from_tree::<Outer>(tree(), "APP", env(&[("APP__NAME__X", "1")])).expect_err("name is not a section");
         assert!(err.to_string().contains("APP__NAME__X"), "{err}");
     }
 }

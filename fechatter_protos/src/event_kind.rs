@@ -11,10 +11,10 @@
 use serde::Deserialize;
 
 use crate::v1::{
-    AnalyticsEvent, AppExitEvent, AppStartEvent, BotResponseEvent, ChatCreatedEvent,
-    ChatJoinedEvent, ChatLeftEvent, ErrorOccurredEvent, FileDownloadedEvent, FileUploadedEvent,
-    MessageSentEvent, NavigationEvent, NotificationReceivedEvent, SearchPerformedEvent,
-    UserLoginEvent, UserLogoutEvent, UserRegisterEvent, analytics_event::EventType,
+    AnalyticsEvent, AppExitEvent, AppStartEvent, BotResponseEvent, ChatCreatedEvent, ChatJoinedEvent, ChatLeftEvent,
+    ErrorOccurredEvent, FileDownloadedEvent, FileUploadedEvent, MessageSentEvent, NavigationEvent,
+    NotificationReceivedEvent, SearchPerformedEvent, UserLoginEvent, UserLogoutEvent, UserRegisterEvent,
+    analytics_event::EventType,
 };
 
 /// Prefix of every analytics NATS subject.
@@ -146,9 +146,7 @@ impl AnalyticsEvent {
 
     /// The publisher-assigned dedup key; `""` if there is no context.
     pub fn event_id(&self) -> &str {
-        self.context
-            .as_ref()
-            .map_or("", |context| &context.event_id)
+        self.context.as_ref().map_or("", |context| &context.event_id)
     }
 
     /// The acting user; `""` if there is no context or the user is anonymous.
@@ -178,10 +176,7 @@ mod tests {
     #[test]
     fn subject_suffix_replaces_the_first_underscore() {
         for kind in sample_kinds() {
-            assert_eq!(
-                kind.subject_suffix(),
-                kind.type_name().replacen('_', ".", 1)
-            );
+            assert_eq!(kind.subject_suffix(), kind.type_name().replacen('_', ".", 1));
         }
     }
 
@@ -199,10 +194,7 @@ mod tests {
     #[test]
     fn subjects_map_back_to_their_type_names() {
         for kind in sample_kinds() {
-            assert_eq!(
-                type_name_from_subject(&kind.subject()),
-                Some(kind.type_name())
-            );
+            assert_eq!(type_name_from_subject(&kind.subject()), Some(kind.type_name()));
         }
     }
 
@@ -229,10 +221,7 @@ mod tests {
             email: "a@b".into(),
             login_method: "password".into(),
         });
-        assert_eq!(
-            kind.payload_json(),
-            r#"{"email":"a@b","loginMethod":"password"}"#
-        );
+        assert_eq!(kind.payload_json(), r#"{"email":"a@b","loginMethod":"password"}"#);
         assert_eq!(EventType::AppStart(AppStartEvent {}).payload_json(), "{}");
     }
 
@@ -255,8 +244,7 @@ mod tests {
     #[test]
     fn malformed_payloads_report_the_type_name() {
         for json in ["", "[]", r#"{"email":1}"#, r#"{"nope":"x"}"#] {
-            let err = EventType::from_payload_json("user_login", json)
-                .expect_err("payload should be rejected");
+            let err = EventType::from_payload_json("user_login", json).expect_err("payload should be rejected");
             assert!(
                 matches!(&err, KindError::InvalidJson { type_name, .. } if type_name == "user_login"),
                 "{json}: {err}"
@@ -268,10 +256,7 @@ mod tests {
     fn event_accessors_read_the_context_and_kind() {
         let event = &sample_events()[2];
         assert_eq!(event.type_name(), Some("user_login"));
-        assert_eq!(
-            event.subject().as_deref(),
-            Some("fechatter.analytics.user.login")
-        );
+        assert_eq!(event.subject().as_deref(), Some("fechatter.analytics.user.login"));
         assert_eq!(event.event_id(), "00000000-0000-4000-8000-000000000012");
         assert!(!event.user_id().is_empty());
 

@@ -10,9 +10,7 @@
 pub mod event_kind;
 pub mod samples;
 
-pub use event_kind::{
-    ALL_TYPE_NAMES, BATCH_SUBJECT, KindError, SUBJECT_PREFIX, type_name_from_subject,
-};
+pub use event_kind::{ALL_TYPE_NAMES, BATCH_SUBJECT, KindError, SUBJECT_PREFIX, type_name_from_subject};
 pub use samples::sample_events;
 
 /// Generated `fechatter.v1` messages (prost) and their proto3 JSON serde impls (pbjson).
@@ -28,8 +26,8 @@ mod tests {
     use crate::{
         ALL_TYPE_NAMES, sample_events,
         v1::{
-            AnalyticsEvent, BatchRecordEventsRequest, BotResponseEvent, EventContext, ExitCode,
-            MessageSentEvent, UserLoginEvent, analytics_event::EventType,
+            AnalyticsEvent, BatchRecordEventsRequest, BotResponseEvent, EventContext, ExitCode, MessageSentEvent,
+            UserLoginEvent, analytics_event::EventType,
         },
     };
 
@@ -38,8 +36,7 @@ mod tests {
         let mut keys = Vec::new();
         while !bytes.is_empty() {
             let (tag, wire_type) = prost::encoding::decode_key(&mut bytes).expect("valid key");
-            prost::encoding::skip_field(wire_type, tag, &mut bytes, Default::default())
-                .expect("valid field");
+            prost::encoding::skip_field(wire_type, tag, &mut bytes, Default::default()).expect("valid field");
             keys.push((tag, wire_type));
         }
         keys
@@ -122,10 +119,7 @@ mod tests {
             &context.event_id,
             &context.workspace_id,
         ];
-        assert_eq!(
-            fields.map(String::as_str),
-            ["c", "s", "u", "v", "a", "i", "e", "w"]
-        );
+        assert_eq!(fields.map(String::as_str), ["c", "s", "u", "v", "a", "i", "e", "w"]);
         assert_eq!((context.client_ts, context.server_ts), (5, 6));
         assert_eq!(context.system.map(|system| system.os).as_deref(), Some("o"));
         assert_eq!(context.geo.map(|geo| geo.city).as_deref(), Some("t"));
@@ -156,10 +150,7 @@ mod tests {
         let json = r#"{"context":{"userId":"u","serverTs":"5"},"userLogin":{"email":"e"}}"#;
         let event: AnalyticsEvent = serde_json::from_str(json).expect("canonical JSON parses");
         assert_eq!(event.user_id(), "u");
-        assert_eq!(
-            event.context.as_ref().map(|context| context.server_ts),
-            Some(5)
-        );
+        assert_eq!(event.context.as_ref().map(|context| context.server_ts), Some(5));
         assert_eq!(event.type_name(), Some("user_login"));
         // Default values are omitted and int64 is emitted as a string.
         assert_eq!(serde_json::to_string(&event).expect("serializable"), json);
@@ -202,11 +193,7 @@ mod tests {
             let members = json.as_object().expect("an object");
             let len = |value: &serde_json::Value| value.as_object().map(|o| o.len());
             let kind = members.iter().find(|(name, _)| *name != "context");
-            assert_eq!(
-                kind.and_then(|(_, kind)| len(kind)),
-                Some(expected),
-                "{json}"
-            );
+            assert_eq!(kind.and_then(|(_, kind)| len(kind)), Some(expected), "{json}");
             assert_eq!(len(&json["context"]), Some(12), "{json}");
             assert_eq!(len(&json["context"]["system"]), Some(6), "{json}");
             assert_eq!(len(&json["context"]["geo"]), Some(3), "{json}");

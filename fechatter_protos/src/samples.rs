@@ -5,10 +5,9 @@
 //! dropped or swapped field shows up as a mismatch.
 
 use crate::v1::{
-    AnalyticsEvent, AppExitEvent, AppStartEvent, BotResponseEvent, ChatCreatedEvent,
-    ChatJoinedEvent, ChatLeftEvent, ErrorOccurredEvent, EventContext, ExitCode,
-    FileDownloadedEvent, FileUploadedEvent, GeoLocation, MessageSentEvent, NavigationEvent,
-    NotificationReceivedEvent, SearchPerformedEvent, SystemInfo, UserLoginEvent, UserLogoutEvent,
+    AnalyticsEvent, AppExitEvent, AppStartEvent, BotResponseEvent, ChatCreatedEvent, ChatJoinedEvent, ChatLeftEvent,
+    ErrorOccurredEvent, EventContext, ExitCode, FileDownloadedEvent, FileUploadedEvent, GeoLocation, MessageSentEvent,
+    NavigationEvent, NotificationReceivedEvent, SearchPerformedEvent, SystemInfo, UserLoginEvent, UserLogoutEvent,
     UserRegisterEvent, analytics_event::EventType,
 };
 

@@ -78,8 +78,7 @@ impl ClickHouseServer {
             .prefix("test-support-clickhouse-")
             .tempdir()
             .context("creating a temporary directory for clickhouse-server")?;
-        std::fs::write(dir.path().join("users.xml"), USERS_XML)
-            .context("writing clickhouse users.xml")?;
+        std::fs::write(dir.path().join("users.xml"), USERS_XML).context("writing clickhouse users.xml")?;
         let mut server = Self {
             process: None,
             dir,
@@ -93,8 +92,7 @@ impl ClickHouseServer {
         for _ in 0..START_ATTEMPTS {
             server.http_port = try_free_port()?;
             server.tcp_port = try_free_port()?;
-            std::fs::write(server.config_path(), server.config_xml())
-                .context("writing clickhouse config.xml")?;
+            std::fs::write(server.config_path(), server.config_xml()).context("writing clickhouse config.xml")?;
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 // Most likely another process took one of the ports; try others.
@@ -102,9 +100,7 @@ impl ClickHouseServer {
             }
         }
         match last_error {
-            Some(e) => Err(e.context(format!(
-                "clickhouse-server failed to start {START_ATTEMPTS} times"
-            ))),
+            Some(e) => Err(e.context(format!("clickhouse-server failed to start {START_ATTEMPTS} times"))),
             None => bail!("clickhouse-server was never started"),
         }
     }
@@ -163,19 +159,15 @@ impl ClickHouseServer {
         let http = self.http.clone();
         let ping = format!("{}/ping", self.http_url());
         let what = format!("clickhouse-server on HTTP port {}", self.http_port);
-        let process = self
-            .process
-            .insert(ChildProcess::spawn_logged(command, &log)?);
+        let process = self.process.insert(ChildProcess::spawn_logged(command, &log)?);
         wait_ready(process, &what, START_TIMEOUT, || {
             let http = http.clone();
             let ping = ping.clone();
             async move {
-                let Ok(response) = http.get(&ping).timeout(Duration::from_secs(2)).send().await
-                else {
+                let Ok(response) = http.get(&ping).timeout(Duration::from_secs(2)).send().await else {
                     return false;
                 };
-                response.status().is_success()
-                    && response.text().await.is_ok_and(|body| body.trim() == "Ok.")
+                response.status().is_success() && response.text().await.is_ok_and(|body| body.trim() == "Ok.")
             }
         })
         .await
@@ -226,19 +218,14 @@ impl ClickHouseServer {
             .body(sql.to_string())
             .send()
             .await
-            .with_context(|| {
-                format!("sending query to ClickHouse at {}: {sql}", self.http_url())
-            })?;
+            .with_context(|| format!("sending query to ClickHouse at {}: {sql}", self.http_url()))?;
         let status = response.status();
         let body = response
             .text()
             .await
             .with_context(|| format!("reading the ClickHouse answer to: {sql}"))?;
         if !status.is_success() {
-            bail!(
-                "ClickHouse answered {status} to `{sql}`: {}",
-                body.trim_end()
-            );
+            bail!("ClickHouse answered {status} to `{sql}`: {}", body.trim_end());
         }
         Ok(body)
     }
@@ -264,12 +251,9 @@ impl ClickHouseServer {
     /// gracefully first if it still runs. Waits until it is ready.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await;
-        self.launch().await.with_context(|| {
-            format!(
-                "restarting clickhouse-server on HTTP port {}",
-                self.http_port
-            )
-        })
+        self.launch()
+            .await
+            .with_context(|| format!("restarting clickhouse-server on HTTP port {}", self.http_port))
     }
 }
 

@@ -14,6 +14,32 @@
 //!
 //! The binaries come from Debian's packages; `scripts/install-deps.sh` installs whatever is
 //! missing.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use std::time::Duration;
+//! use test_support::{ChildProcess, ClickHouseServer, NatsServer, cargo_bin, wait_until};
+//!
+//! let nats = NatsServer::start().await?;
+//! let clickhouse = ClickHouseServer::start().await?;
+//! let mut service = ChildProcess::spawn(
+//!     cargo_bin("analytics_server"),
+//!     ["--config", "/path/to/config.yml"],
+//!     [("NATS_URL", nats.url()), ("CLICKHOUSE_URL", clickhouse.http_url())],
+//! )?;
+//! service.wait_for_log("listening", Duration::from_secs(10)).await?;
+//! wait_until("one stored row", Duration::from_secs(10), || async {
+//!     let count = clickhouse.query("SELECT count() FROM events").await.ok()?;
+//!     (count.trim() == "1").then_some(())
+//! })
+//! .await?;
+//! let status = service.terminate(Duration::from_secs(10)).await?;
+//! assert!(status.success());
+//! # Ok(())
+//! # }
+//! ```
+
+#![warn(missing_docs)]
 
 mod clickhouse;
 mod nats;

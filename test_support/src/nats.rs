@@ -60,9 +60,7 @@ impl NatsServer {
             }
         }
         match last_error {
-            Some(e) => Err(e.context(format!(
-                "nats-server failed to start {START_ATTEMPTS} times"
-            ))),
+            Some(e) => Err(e.context(format!("nats-server failed to start {START_ATTEMPTS} times"))),
             None => bail!("nats-server was never started"),
         }
     }
@@ -74,14 +72,7 @@ impl NatsServer {
         }
         let mut command = Command::new(&self.program);
         command
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store_dir())
             .args(["-m", &self.monitor_port.to_string()])
             .current_dir(self.dir.path());
@@ -90,9 +81,7 @@ impl NatsServer {
         let healthz = format!("{}/healthz", self.monitor_url());
         let what = format!("nats-server on port {}", self.port);
         let log_path = self.log_path();
-        let process = self
-            .process
-            .insert(ChildProcess::spawn_logged(command, &log_path)?);
+        let process = self.process.insert(ChildProcess::spawn_logged(command, &log_path)?);
         wait_ready(process, &what, START_TIMEOUT, || {
             let http = http.clone();
             let healthz = healthz.clone();
@@ -180,10 +169,7 @@ impl NatsServer {
             .await
             .with_context(|| format!("GET {url}"))?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("reading GET {url}"))?;
+        let body = response.text().await.with_context(|| format!("reading GET {url}"))?;
         if !status.is_success() {
             bail!("GET {url} answered {status}: {body}");
         }

@@ -57,11 +57,7 @@ impl PostgresServer {
             // PostgreSQL refuses to run as root; the cluster must belong to `postgres`.
             let mut chown = Command::new("chown");
             chown.arg("postgres:postgres").arg(server.dir.path());
-            run(
-                chown,
-                "chown of the PostgreSQL directory to the `postgres` user",
-            )
-            .await?;
+            run(chown, "chown of the PostgreSQL directory to the `postgres` user").await?;
         }
         server.init_cluster().await?;
         let mut last_error = None;
@@ -82,16 +78,10 @@ impl PostgresServer {
     /// Runs `initdb` and appends the settings that keep the server private and fast.
     async fn init_cluster(&self) -> Result<()> {
         let mut initdb = self.pg_command("initdb");
-        initdb.arg("-D").arg(self.data_dir()).args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "-N",
-        ]);
+        initdb
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-N"]);
         run(initdb, "initdb").await?;
         let socket_dir = self.dir.path().display().to_string().replace('\'', "''");
         let settings = format!(
@@ -103,8 +93,7 @@ impl PostgresServer {
              full_page_writes = off\n"
         );
         let conf = self.data_dir().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf)
-            .with_context(|| format!("reading {}", conf.display()))?;
+        let mut text = std::fs::read_to_string(&conf).with_context(|| format!("reading {}", conf.display()))?;
         text.push_str(&settings);
         std::fs::write(&conf, text).with_context(|| format!("writing {}", conf.display()))
     }
@@ -130,10 +119,7 @@ impl PostgresServer {
                 // pg_ctl may give up waiting while the postmaster lives on.
                 self.pg_ctl_stop("immediate").await;
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                Err(e.context(format!(
-                    "end of the PostgreSQL log:\n{}",
-                    crate::util::tail(&log, 4096)
-                )))
+                Err(e.context(format!("end of the PostgreSQL log:\n{}", crate::util::tail(&log, 4096))))
             }
         }
     }
@@ -141,14 +127,10 @@ impl PostgresServer {
     /// `pg_ctl stop -m MODE -w`; errors (typically: not running) are ignored.
     async fn pg_ctl_stop(&mut self, mode: &str) {
         let mut pg_ctl = self.pg_command("pg_ctl");
-        pg_ctl.arg("-D").arg(self.data_dir()).args([
-            "-m",
-            mode,
-            "-w",
-            "-t",
-            PG_CTL_TIMEOUT_SECS,
-            "stop",
-        ]);
+        pg_ctl
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", mode, "-w", "-t", PG_CTL_TIMEOUT_SECS, "stop"]);
         // Fails when the server is not running, which is what is wanted anyway.
         let _ = run(pg_ctl, "pg_ctl stop").await;
         self.running = false;
@@ -194,9 +176,7 @@ impl PostgresServer {
     pub async fn create_database(&self, name: &str) -> Result<String> {
         let valid = !name.is_empty()
             && name.len() <= 63
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             bail!("invalid database name {name:?}: use 1-63 of [A-Za-z0-9_-]");
         }
@@ -210,26 +190,16 @@ impl PostgresServer {
     /// error) and returns its output without the trailing newline.
     pub async fn psql(&self, db: &str, sql: &str) -> Result<String> {
         let mut psql = Command::new(&self.psql);
-        psql.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-        ])
-        .arg("postgres")
-        .arg("-p")
-        .arg(self.port.to_string())
-        .arg("-d")
-        .arg(db)
-        .arg("-c")
-        .arg(sql)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .current_dir(self.dir.path());
+        psql.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U"])
+            .arg("postgres")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .arg("-c")
+            .arg(sql)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .current_dir(self.dir.path());
         let output = run(psql, &format!("psql -d {db} -c {sql:?}")).await?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         Ok(stdout.trim_end_matches('\n').to_string())
@@ -290,9 +260,10 @@ impl std::fmt::Debug for PostgresServer {
 async fn run(command: Command, what: &str) -> Result<Output> {
     let mut command = tokio::process::Command::from(command);
     command.stdin(Stdio::null());
-    let output = command.output().await.with_context(|| {
-        format!("running {what} (is PostgreSQL installed? see scripts/install-deps.sh)")
-    })?;
+    let output = command
+        .output()
+        .await
+        .with_context(|| format!("running {what} (is PostgreSQL installed? see scripts/install-deps.sh)"))?;
     if !output.status.success() {
         bail!(
             "{what} failed ({}):\n{}{}",
@@ -338,7 +309,5 @@ fn find_bin_dir() -> Result<PathBuf> {
     {
         return Ok(dir);
     }
-    bail!(
-        "PostgreSQL server programs (initdb, pg_ctl, postgres) not found; run scripts/install-deps.sh"
-    )
+    bail!("PostgreSQL server programs (initdb, pg_ctl, postgres) not found; run scripts/install-deps.sh")
 }

@@ -32,9 +32,7 @@ pub fn cargo_bin(name: &str) -> PathBuf {
     let Some(mut dir) = exe.parent() else {
         return PathBuf::from(file);
     };
-    let in_subdir = dir
-        .file_name()
-        .is_some_and(|n| n == "deps" || n == "examples");
+    let in_subdir = dir.file_name().is_some_and(|n| n == "deps" || n == "examples");
     if in_subdir
         && !dir.join(&file).is_file()
         && let Some(parent) = dir.parent()
@@ -181,11 +179,7 @@ impl ChildProcess {
     pub async fn wait(&mut self, timeout: Duration) -> Result<ExitStatus> {
         match self.wait_exit(timeout).await? {
             Some(status) => Ok(status),
-            None => bail!(
-                "{} (pid {}) still running after {timeout:?}",
-                self.name,
-                self.pid()
-            ),
+            None => bail!("{} (pid {}) still running after {timeout:?}", self.name, self.pid()),
         }
     }
 
@@ -326,13 +320,14 @@ mod tests {
     async fn captures_output_and_terminates() {
         let mut p = ChildProcess::spawn(
             "/bin/sh",
-            ["-c", "echo \"hello $GREETING\"; echo oops >&2; trap 'echo bye; exit 3' TERM; while :; do sleep 0.05; done"],
+            [
+                "-c",
+                "echo \"hello $GREETING\"; echo oops >&2; trap 'echo bye; exit 3' TERM; while :; do sleep 0.05; done",
+            ],
             [("GREETING", "world")],
         )
         .unwrap();
-        p.wait_for_log("oops", Duration::from_secs(5))
-            .await
-            .unwrap();
+        p.wait_for_log("oops", Duration::from_secs(5)).await.unwrap();
         assert!(p.log_contents().contains("hello world"));
         assert!(p.is_running());
         let status = p.terminate(Duration::from_secs(5)).await.unwrap();
@@ -349,9 +344,7 @@ mod tests {
             [("A", "B")],
         )
         .unwrap();
-        p.wait_for_log("never", Duration::from_millis(100))
-            .await
-            .unwrap_err();
+        p.wait_for_log("never", Duration::from_millis(100)).await.unwrap_err();
         let err = p.terminate(Duration::from_millis(200)).await.unwrap_err();
         assert!(format!("{err:#}").contains("SIGKILL"), "{err:#}");
         assert!(!p.is_running());
@@ -373,10 +366,7 @@ mod tests {
         let no_env: [(&str, &str); 0] = [];
         let mut p = ChildProcess::spawn("/bin/sh", ["-c", "echo done"], no_env).unwrap();
         let started = std::time::Instant::now();
-        let err = p
-            .wait_for_log("ready", Duration::from_secs(30))
-            .await
-            .unwrap_err();
+        let err = p.wait_for_log("ready", Duration::from_secs(30)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(10));
         assert!(format!("{err:#}").contains("exited"), "{err:#}");
     }
@@ -385,8 +375,7 @@ mod tests {
     fn spawn_of_missing_binary_names_it() {
         let no_env: [(&str, &str); 0] = [];
         let no_args: [&str; 0] = [];
-        let err =
-            ChildProcess::spawn(cargo_bin("no_such_binary_xyz"), no_args, no_env).unwrap_err();
+        let err = ChildProcess::spawn(cargo_bin("no_such_binary_xyz"), no_args, no_env).unwrap_err();
         assert!(format!("{err:#}").contains("no_such_binary_xyz"), "{err:#}");
     }
 

@@ -31,8 +31,7 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
 /// the caller binds it; the server helpers retry with new ports when that happens.
 pub fn try_free_port() -> Result<u16> {
     for _ in 0..64 {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .context("binding 127.0.0.1:0 to find a free port")?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0 to find a free port")?;
         let port = listener
             .local_addr()
             .context("reading the address of a listener on 127.0.0.1:0")?
@@ -102,9 +101,7 @@ where
         };
         let now = Instant::now();
         if now >= deadline {
-            return Err(
-                last_error.context(format!("timed out after {timeout:?} waiting for {what}"))
-            );
+            return Err(last_error.context(format!("timed out after {timeout:?} waiting for {what}")));
         }
         tokio::time::sleep(delay.min(deadline - now)).await;
         delay = (delay * 2).min(MAX_DELAY);
@@ -183,9 +180,7 @@ pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
 
 /// Like [`find_program`], with an error that says how to install it.
 pub(crate) fn require_program(name: &str) -> Result<PathBuf> {
-    find_program(name).ok_or_else(|| {
-        anyhow!("`{name}` not found in PATH or /usr/sbin; run scripts/install-deps.sh")
-    })
+    find_program(name).ok_or_else(|| anyhow!("`{name}` not found in PATH or /usr/sbin; run scripts/install-deps.sh"))
 }
 
 /// True when `path` is a regular file with an execute bit set.
@@ -270,10 +265,7 @@ mod tests {
         .await
         .unwrap_err();
         let text = format!("{err:#}");
-        assert!(
-            text.contains("the impossible") && text.contains("boom"),
-            "{text}"
-        );
+        assert!(text.contains("the impossible") && text.contains("boom"), "{text}");
     }
 
     #[test]

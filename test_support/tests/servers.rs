@@ -37,11 +37,7 @@ async fn nats_request(port: u16, subject: &str, payload: &str) -> Result<String>
             } else if line.starts_with("-ERR") {
                 bail!("server error: {line}");
             } else if line.starts_with("MSG ") {
-                let size: usize = line
-                    .split_whitespace()
-                    .last()
-                    .context("MSG without size")?
-                    .parse()?;
+                let size: usize = line.split_whitespace().last().context("MSG without size")?.parse()?;
                 let mut body = vec![0; size + 2];
                 read.read_exact(&mut body).await?;
                 body.truncate(size);
@@ -62,10 +58,7 @@ async fn check_nats(nats: &NatsServer, messages: u64) -> Result<()> {
     ensure!(&info == b"INFO ", "unexpected greeting {info:?}");
     let jsz: Value = nats.jsz().await?;
     ensure!(jsz["streams"] == 1, "expected 1 stream: {jsz}");
-    ensure!(
-        jsz["messages"] == messages,
-        "expected {messages} messages: {jsz}"
-    );
+    ensure!(jsz["messages"] == messages, "expected {messages} messages: {jsz}");
     let stream_name = &jsz["account_details"][0]["stream_detail"][0]["name"];
     ensure!(stream_name == "EVENTS", "unexpected stream detail: {jsz}");
     Ok(())
@@ -85,10 +78,7 @@ async fn nats_answers_and_keeps_jetstream_data_across_restarts() -> Result<()> {
         r#"{"name":"EVENTS","subjects":["events.>"],"storage":"file"}"#,
     )
     .await?;
-    ensure!(
-        !created.contains("\"error\""),
-        "stream create failed: {created}"
-    );
+    ensure!(!created.contains("\"error\""), "stream create failed: {created}");
     let ack = nats_request(nats.port(), "events.one", "hello").await?;
     ensure!(ack.contains("\"seq\":1"), "unexpected publish ack: {ack}");
     check_nats(&nats, 1).await?;
@@ -121,17 +111,11 @@ async fn clickhouse_answers_and_keeps_data_across_restarts() -> Result<()> {
     ensure!(ch.http_url() == format!("http://127.0.0.1:{}", ch.http_port()));
     let version = ch.query("SELECT version()").await?;
     ensure!(
-        version
-            .trim()
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit()),
+        version.trim().chars().next().is_some_and(|c| c.is_ascii_digit()),
         "unexpected version {version:?}"
     );
-    ch.query(
-        "CREATE TABLE t (id UInt64, name LowCardinality(String)) ENGINE = MergeTree ORDER BY id",
-    )
-    .await?;
+    ch.query("CREATE TABLE t (id UInt64, name LowCardinality(String)) ENGINE = MergeTree ORDER BY id")
+        .await?;
     ch.query("INSERT INTO t VALUES (1, 'a'), (2, 'b')").await?;
 
     let Err(err) = ch.query("SELECT nonsense FROM nowhere").await else {
@@ -159,10 +143,7 @@ async fn clickhouse_answers_and_keeps_data_across_restarts() -> Result<()> {
     ch.restart().await?;
     ensure!(ch.query("SELECT sum(id) FROM t").await?.trim() == "3");
     let timezone = ch.query("SELECT timezone()").await?;
-    ensure!(
-        timezone.trim().ends_with("UTC"),
-        "unexpected timezone {timezone:?}"
-    );
+    ensure!(timezone.trim().ends_with("UTC"), "unexpected timezone {timezone:?}");
     Ok(())
 }
 
@@ -172,14 +153,10 @@ async fn two_clickhouse_servers_run_side_by_side() -> Result<()> {
     let (a, b) = (a?, b?);
     ensure!(a.http_port() != b.http_port() && a.tcp_port() != b.tcp_port());
     ensure!(a.data_dir() != b.data_dir());
-    a.query("CREATE TABLE only_in_a (x UInt8) ENGINE = Memory")
-        .await?;
+    a.query("CREATE TABLE only_in_a (x UInt8) ENGINE = Memory").await?;
     let in_a = a.query("EXISTS TABLE only_in_a").await?;
     let in_b = b.query("EXISTS TABLE only_in_a").await?;
-    ensure!(
-        in_a.trim() == "1" && in_b.trim() == "0",
-        "a: {in_a:?}, b: {in_b:?}"
-    );
+    ensure!(in_a.trim() == "1" && in_b.trim() == "0", "a: {in_a:?}, b: {in_b:?}");
 
     let url = a.http_url();
     drop(a);
@@ -202,11 +179,8 @@ async fn postgres_creates_databases_and_keeps_data_across_restarts() -> Result<(
     ensure!(url == format!("postgres://postgres@127.0.0.1:{}/app_test-1", pg.port()));
     ensure!(pg.url("app_test-1") == url);
     ensure!(pg.psql("app_test-1", "SELECT 1").await? == "1");
-    pg.psql(
-        "app_test-1",
-        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)",
-    )
-    .await?;
+    pg.psql("app_test-1", "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+        .await?;
     ensure!(pg.create_database("bad name").await.is_err());
     ensure!(pg.psql("app_test-1", "SELECT nonsense").await.is_err());
 
@@ -227,12 +201,7 @@ async fn postgres_creates_databases_and_keeps_data_across_restarts() -> Result<(
     let refused = wait_until(
         "the dropped PostgreSQL to stop listening",
         Duration::from_secs(5),
-        || async {
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-                .then_some(())
-        },
+        || async { TcpStream::connect(("127.0.0.1", port)).await.is_err().then_some(()) },
     )
     .await;
     ensure!(refused.is_ok(), "dropped PostgreSQL server still listens");

@@ -1,8 +1,8 @@
 //! The API's error type: a status and a JSON body `{"error": code, "message": text}` naming the problem.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 /// An error answered to a client.
 #[derive(Debug)]

@@ -3,11 +3,11 @@
 use super::AppState;
 use crate::schema::queries;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 /// How long one readiness check may take.
@@ -34,7 +34,10 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         None => check(true, "messaging disabled"),
         Some(client) => {
             let s = client.connection_state();
-            check(s == async_nats::connection::State::Connected, format!("{s:?}").to_lowercase())
+            check(
+                s == async_nats::connection::State::Connected,
+                format!("{s:?}").to_lowercase(),
+            )
         }
     };
     let stream = match &state.jetstream {
@@ -49,13 +52,18 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     };
-    let clickhouse = match tokio::time::timeout(CHECK_TIMEOUT, state.clickhouse.query(queries::PING).fetch_one::<u8>()).await {
-        Ok(Ok(_)) => check(true, "SELECT 1 answered"),
-        Ok(Err(e)) => check(false, e.to_string()),
-        Err(_) => check(false, "timed out"),
-    };
+    let clickhouse =
+        match tokio::time::timeout(CHECK_TIMEOUT, state.clickhouse.query(queries::PING).fetch_one::<u8>()).await {
+            Ok(Ok(_)) => check(true, "SELECT 1 answered"),
+            Ok(Err(e)) => check(false, e.to_string()),
+            Err(_) => check(false, "timed out"),
+        };
     let all_ok = [&nats, &stream, &clickhouse].iter().all(|c| c["ok"] == true);
-    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if all_ok { "ready" } else { "not_ready" },
         "checks": { "nats": nats, "stream": stream, "clickhouse": clickhouse },
@@ -67,7 +75,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Some(consumer) = &state.consumer
         && let Ok(Ok(info)) = tokio::time::timeout(CHECK_TIMEOUT, consumer.get_info()).await
     {
-        state.metrics.consumer_pending.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+        state
+            .metrics
+            .consumer_pending
+            .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
         state.metrics.consumer_ack_pending.set(info.num_ack_pending as i64);
         state.metrics.consumer_redelivered.set(info.num_redelivered as i64);
     }

@@ -8,13 +8,13 @@
 use super::{ApiError, AppState};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
 use prost::Message as _;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
@@ -72,16 +72,21 @@ where
     T: prost::Message + Default + serde::de::DeserializeOwned,
 {
     match encoding {
-        Encoding::Protobuf => {
-            T::decode(body).map_err(|e| ApiError::bad_request("invalid_protobuf", format!("body is not valid protobuf: {e}")))
-        }
+        Encoding::Protobuf => T::decode(body)
+            .map_err(|e| ApiError::bad_request("invalid_protobuf", format!("body is not valid protobuf: {e}"))),
         Encoding::Json => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not a valid proto3 JSON event: {e}"))),
     }
 }
 
 /// Checks one event and fills in what the server owns. `index` names the event in a batch.
-pub fn prepare(event: &mut AnalyticsEvent, index: Option<usize>, now_ms: i64, ip: &str, user_agent: Option<&str>) -> Result<(), ApiError> {
+pub fn prepare(
+    event: &mut AnalyticsEvent,
+    index: Option<usize>,
+    now_ms: i64,
+    ip: &str,
+    user_agent: Option<&str>,
+) -> Result<(), ApiError> {
     let which = index.map(|i| format!("events[{i}]: ")).unwrap_or_default();
     if event.event_type.is_none() {
         return Err(ApiError::bad_request(
@@ -154,7 +159,11 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
     let unavailable = |why: String| {
         state.metrics.reject("unavailable");
         tracing::error!(%why, "HTTP ingest could not publish");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the event bus is unavailable; retry later")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event bus is unavailable; retry later",
+        )
     };
     if payload.len() > state.settings.jetstream.max_message_bytes {
         state.metrics.reject("too_large");
@@ -185,7 +194,9 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
         }
         // jetstream_enabled: false — core NATS, at most once, as documented.
         (None, Some(nats)) => {
-            nats.publish(subject, payload).await.map_err(|e| unavailable(e.to_string()))?;
+            nats.publish(subject, payload)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
             nats.flush().await.map_err(|e| unavailable(e.to_string()))
         }
         (None, None) => Err(ApiError::new(
@@ -197,7 +208,10 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
 }
 
 fn accepted(ids: Vec<String>) -> (StatusCode, Json<Value>) {
-    (StatusCode::ACCEPTED, Json(json!({ "accepted": ids.len(), "event_ids": ids })))
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": ids.len(), "event_ids": ids })),
+    )
 }
 
 async fn record_event(
@@ -239,7 +253,10 @@ async fn record_batch(
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_many_events",
-                format!("{} events exceed the limit of {max} (server.max_batch_events)", batch.events.len()),
+                format!(
+                    "{} events exceed the limit of {max} (server.max_batch_events)",
+                    batch.events.len()
+                ),
             ));
         }
         let who = caller(addr, &headers);
@@ -286,16 +303,29 @@ mod tests {
 
     #[test]
     fn every_documented_content_type_is_accepted() {
-        for ct in ["application/protobuf", "application/x-protobuf", "application/octet-stream"] {
+        for ct in [
+            "application/protobuf",
+            "application/x-protobuf",
+            "application/octet-stream",
+        ] {
             assert_eq!(encoding(&with_type(ct)).expect("ok"), Encoding::Protobuf);
         }
-        assert_eq!(encoding(&with_type("application/json; charset=utf-8")).expect("ok"), Encoding::Json);
+        assert_eq!(
+            encoding(&with_type("application/json; charset=utf-8")).expect("ok"),
+            Encoding::Json
+        );
     }
 
     #[test]
     fn other_or_missing_content_types_get_415() {
-        assert_eq!(encoding(&with_type("text/plain")).expect_err("no").status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert_eq!(encoding(&HeaderMap::new()).expect_err("no").status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            encoding(&with_type("text/plain")).expect_err("no").status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+        assert_eq!(
+            encoding(&HeaderMap::new()).expect_err("no").status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
     }
 
     #[test]
@@ -306,7 +336,10 @@ mod tests {
         }
         prepare(&mut event, None, 42, "10.0.0.1", Some("curl/8")).expect("valid");
         let ctx = event.context.expect("context");
-        assert_eq!((ctx.server_ts, ctx.ip.as_str(), ctx.user_agent.as_str()), (42, "10.0.0.1", "curl/8"));
+        assert_eq!(
+            (ctx.server_ts, ctx.ip.as_str(), ctx.user_agent.as_str()),
+            (42, "10.0.0.1", "curl/8")
+        );
         assert_eq!(Uuid::parse_str(&ctx.event_id).expect("uuid").get_version_num(), 7);
     }
 
@@ -327,7 +360,10 @@ mod tests {
     #[test]
     fn an_event_without_a_type_is_refused() {
         let mut event = AnalyticsEvent::default();
-        assert_eq!(prepare(&mut event, None, 1, "ip", None).expect_err("no type").code, "missing_event_type");
+        assert_eq!(
+            prepare(&mut event, None, 1, "ip", None).expect_err("no type").code,
+            "missing_event_type"
+        );
     }
 
     #[test]

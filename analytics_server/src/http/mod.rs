@@ -10,7 +10,7 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use async_nats::jetstream::consumer::{pull, Consumer};
+use async_nats::jetstream::consumer::{Consumer, pull};
 use axum::Router;
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use std::time::Duration;
-use test_support::{wait_until, ChildProcess, ClickHouseServer, NatsServer};
+use test_support::{ChildProcess, ClickHouseServer, NatsServer, wait_until};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,7 +45,10 @@ impl InProcess {
 
 impl Stack {
     pub async fn start() -> Stack {
-        analytics_server::telemetry::init();
+        // Service logs only when asked for (RUST_LOG=info cargo test …), to keep test output readable.
+        if std::env::var_os("RUST_LOG").is_some() {
+            analytics_server::telemetry::init();
+        }
         let (nats, clickhouse) = tokio::join!(NatsServer::start(), ClickHouseServer::start());
         let nats = nats.expect("nats-server starts");
         let clickhouse = clickhouse.expect("clickhouse-server starts");
@@ -169,17 +172,23 @@ impl Stack {
 
     /// Rows visible to queries (duplicates collapsed with FINAL). 0 while the table does not exist.
     pub async fn count_final(&self) -> u64 {
-        self.scalar(&format!("SELECT count() FROM {}.analytics_events FINAL", self.database)).await
+        self.scalar(&format!("SELECT count() FROM {}.analytics_events FINAL", self.database))
+            .await
     }
 
     /// Distinct event ids stored.
     pub async fn distinct_ids(&self) -> u64 {
-        self.scalar(&format!("SELECT uniqExact(event_id) FROM {}.analytics_events", self.database)).await
+        self.scalar(&format!(
+            "SELECT uniqExact(event_id) FROM {}.analytics_events",
+            self.database
+        ))
+        .await
     }
 
     /// Physical rows stored (copies included).
     pub async fn physical_rows(&self) -> u64 {
-        self.scalar(&format!("SELECT count() FROM {}.analytics_events", self.database)).await
+        self.scalar(&format!("SELECT count() FROM {}.analytics_events", self.database))
+            .await
     }
 
     async fn scalar(&self, sql: &str) -> u64 {

@@ -1,0 +1,131 @@
+//! Crashes and outages on real servers: nothing accepted is lost, nothing shows twice.
+
+mod common;
+
+use common::{Stack, events};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_clickhouse_outage_loses_nothing() {
+    let mut stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let batch = events(2000);
+    stack.publish_all(&batch[..1000]).await;
+    stack.wait_for_rows(1000, Duration::from_secs(30)).await;
+
+    stack.clickhouse.stop().await;
+    stack.publish_all(&batch[1000..]).await;
+    // Several INSERTs fail and are retried while ClickHouse is away.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("reason=\"insert\""),
+        "INSERT failures are counted: {metrics}"
+    );
+    let ready = reqwest::get(app.url("/ready")).await.expect("ready");
+    assert_eq!(ready.status(), 503, "not ready without ClickHouse");
+
+    stack.clickhouse.restart().await.expect("clickhouse restarts");
+    let started = Instant::now();
+    stack.wait_for_rows(2000, Duration::from_secs(60)).await;
+    eprintln!(
+        "drained 1000 held events {:?} after ClickHouse came back",
+        started.elapsed()
+    );
+    stack.wait_consumer_idle(Duration::from_secs(30)).await;
+    assert_eq!(stack.distinct_ids().await, 2000);
+    assert_eq!(reqwest::get(app.url("/ready")).await.expect("ready").status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_outage_keeps_messages_from_being_redelivered_or_given_up() {
+    let mut stack = Stack::start().await;
+    // A short ack wait: the outage outlasts it several times, so only progress signals keep the batch held.
+    let app = stack
+        .run_in_process(&[("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "5")])
+        .await;
+    stack.clickhouse.stop().await;
+    stack.publish_all(&events(300)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let stream = stack.js.get_stream("ANALYTICS").await.expect("stream");
+    let info = stream.consumer_info("analytics_server").await.expect("consumer");
+    assert_eq!(
+        info.num_redelivered, 0,
+        "progress signals stop redelivery while the batch is retried"
+    );
+    stack.clickhouse.restart().await.expect("restart");
+    stack.wait_for_rows(300, Duration::from_secs(60)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sigkill_mid_stream_then_restart_stores_every_event_once() {
+    let stack = Stack::start().await;
+    // The killed instance's unacknowledged messages come back after the ack wait; keep it short for the test.
+    let fast_redelivery = [("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "10")];
+    let (mut child, _) = stack.spawn_binary(&fast_redelivery).await;
+    let batch = events(20_000);
+    stack.publish_all(&batch).await;
+    // Kill once some, but not all, rows have landed.
+    test_support::wait_until("first rows", Duration::from_secs(30), || async {
+        (stack.physical_rows().await > 0).then_some(())
+    })
+    .await
+    .expect("rows start landing");
+    child.kill().await;
+    let at_kill = stack.count_final().await;
+    eprintln!("killed with {at_kill} of 20000 rows stored");
+
+    let started = Instant::now();
+    let (_restarted, _) = stack.spawn_binary(&fast_redelivery).await;
+    stack.wait_for_rows(20_000, Duration::from_secs(90)).await;
+    eprintln!("caught up {:?} after restart", started.elapsed());
+    assert_eq!(stack.distinct_ids().await, 20_000);
+}
+
+#[tokio::test]
+async fn sigterm_flushes_the_partial_batch_and_acknowledges_it() {
+    let stack = Stack::start().await;
+    // A flush interval far longer than the test: only the shutdown flush can store these.
+    let (mut child, _) = stack
+        .spawn_binary(&[("ANALYTICS__FLUSH_INTERVAL_SECONDS", "600")])
+        .await;
+    stack.publish_all(&events(10)).await;
+    test_support::wait_until("events pulled", Duration::from_secs(10), || async {
+        let stream = stack.js.get_stream("ANALYTICS").await.ok()?;
+        let info = stream.consumer_info("analytics_server").await.ok()?;
+        (info.num_ack_pending == 10).then_some(())
+    })
+    .await
+    .expect("pulled");
+    assert_eq!(stack.count_final().await, 0);
+    let status = child.terminate(Duration::from_secs(30)).await.expect("exits");
+    assert!(status.success(), "{status:?}\n{}", child.log_contents());
+    assert_eq!(stack.count_final().await, 10);
+    stack.wait_consumer_idle(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_nats_restart_is_survived_without_loss() {
+    let mut stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    stack.publish_all(&events(500)).await;
+    stack.wait_for_rows(500, Duration::from_secs(30)).await;
+    stack.nats.stop().await;
+    stack.nats.restart().await.expect("nats restarts");
+    // The test's own client reconnects too; wait for it before publishing.
+    test_support::wait_until("client reconnected", Duration::from_secs(20), || async {
+        (stack.client.connection_state() == async_nats::connection::State::Connected).then_some(())
+    })
+    .await
+    .expect("reconnected");
+    stack.publish_all(&events(500)).await;
+    stack.wait_for_rows(1000, Duration::from_secs(60)).await;
+    app.stop().await;
+}

@@ -1,0 +1,250 @@
+//! The HTTP API on real servers: health, readiness, metrics, and ingest in protobuf and JSON with its refusals.
+
+mod common;
+
+use common::{Stack, events};
+use fechatter_protos::v1::BatchRecordEventsRequest;
+use prost::Message as _;
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn post(url: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header(CONTENT_TYPE, content_type)
+        .header("User-Agent", "fechatter-test/1.0")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.expect("every answer is JSON");
+    (status, body)
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_answer() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let health = reqwest::get(app.url("/health")).await.expect("health");
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(app.url("/ready")).await.expect("ready");
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    for check in ["nats", "stream", "clickhouse"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{body}");
+    }
+    let metrics = reqwest::get(app.url("/metrics")).await.expect("metrics");
+    assert!(
+        metrics.headers()[CONTENT_TYPE]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    let text = metrics.text().await.expect("text");
+    for name in [
+        "analytics_events_received_total",
+        "analytics_events_inserted_total",
+        "analytics_events_dead_lettered_total",
+        "analytics_batch_rows_bucket",
+        "analytics_insert_duration_seconds_bucket",
+        "analytics_end_to_end_latency_seconds_bucket",
+        "analytics_consumer_pending",
+    ] {
+        assert!(text.contains(name), "{name} missing from {text}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_are_ingested_in_protobuf_and_json_and_stamped_by_the_server() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let sample = events(4);
+
+    let (status, body) = post(
+        &app.url("/api/event"),
+        "application/x-protobuf",
+        sample[0].encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["event_ids"][0], sample[0].event_id());
+    let (status, _) = post(
+        &app.url("/api/event"),
+        "application/protobuf",
+        sample[1].encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let json = serde_json::to_vec(&sample[2]).expect("json");
+    let (status, _) = post(&app.url("/api/event"), "application/json; charset=utf-8", json).await;
+    assert_eq!(status, 202);
+    // An event without an id gets one from the server.
+    let mut anonymous = sample[3].clone();
+    if let Some(ctx) = anonymous.context.as_mut() {
+        ctx.event_id.clear();
+    }
+    let (status, body) = post(
+        &app.url("/api/event"),
+        "application/octet-stream",
+        anonymous.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let assigned = body["event_ids"][0].as_str().expect("id").to_owned();
+
+    let batch = BatchRecordEventsRequest { events: events(20) };
+    let (status, body) = post(&app.url("/api/batch"), "application/protobuf", batch.encode_to_vec()).await;
+    assert_eq!((status, body["accepted"].as_u64()), (202, Some(20)));
+    let json_batch = BatchRecordEventsRequest { events: events(5) };
+    let (status, _) = post(
+        &app.url("/api/batch"),
+        "application/json",
+        serde_json::to_vec(&json_batch).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    stack.wait_for_rows(29, WAIT).await;
+    let rows = stack.rows().await;
+    assert!(rows.iter().any(|r| r.event_id == assigned));
+    for row in &rows {
+        assert_eq!(row.ip, "127.0.0.1");
+        assert_eq!(row.user_agent, "fechatter-test/1.0");
+        assert!(row.server_ts > 1_700_000_000_000);
+    }
+    // A client retrying the same request does not create a second row.
+    let (status, _) = post(
+        &app.url("/api/event"),
+        "application/protobuf",
+        sample[0].encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 202);
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.count_final().await, 29);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_4xx_naming_the_problem() {
+    let stack = Stack::start().await;
+    let app = stack
+        .run_in_process(&[
+            ("ANALYTICS__SERVER__MAX_BODY_BYTES", "2048"),
+            ("ANALYTICS__SERVER__MAX_BATCH_EVENTS", "10"),
+        ])
+        .await;
+    let event = events(1).remove(0);
+    let url = app.url("/api/event");
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "wrong content type",
+            "text/plain",
+            event.encode_to_vec(),
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "garbage protobuf",
+            "application/protobuf",
+            vec![0xff, 0xff, 0xff],
+            400,
+            "invalid_protobuf",
+        ),
+        (
+            "truncated protobuf",
+            "application/protobuf",
+            event.encode_to_vec()[..20].to_vec(),
+            400,
+            "invalid_protobuf",
+        ),
+        (
+            "not JSON",
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "invalid UTF-8 JSON",
+            "application/json",
+            vec![b'"', 0xc3, 0x28, b'"'],
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong JSON field type",
+            "application/json",
+            br#"{"userLogin": 7}"#.to_vec(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "no event type",
+            "application/json",
+            br#"{"context": {"userId": "1"}}"#.to_vec(),
+            400,
+            "missing_event_type",
+        ),
+        (
+            "bad event id",
+            "application/json",
+            br#"{"context": {"eventId": "nope"}, "appStart": {}}"#.to_vec(),
+            400,
+            "invalid_event_id",
+        ),
+        (
+            "oversize body",
+            "application/protobuf",
+            vec![0u8; 4096],
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (what, content_type, body, status, code) in cases {
+        let (got, body) = post(&url, content_type, body).await;
+        assert_eq!(got, status, "{what}: {body}");
+        assert_eq!(body["error"], code, "{what}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    let too_many = BatchRecordEventsRequest {
+        events: events(11)
+            .into_iter()
+            .map(|mut e| {
+                e.context = None;
+                e
+            })
+            .collect(),
+    };
+    let (status, body) = post(&app.url("/api/batch"), "application/protobuf", too_many.encode_to_vec()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("too_many_events")),
+        "{body}"
+    );
+    let (status, body) = post(&app.url("/api/batch"), "application/json", b"{}".to_vec()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("empty_batch")), "{body}");
+
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("analytics_http_rejected_total{reason=\"invalid_protobuf\"}"),
+        "{metrics}"
+    );
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.count_final().await, 0, "nothing refused was stored");
+    app.stop().await;
+}
