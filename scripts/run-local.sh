@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Runs Fechatter's analytics pipeline on this machine without Docker: installs missing servers from the
+# distribution, starts NATS (JetStream) on 4222 and ClickHouse on 8123 — reusing ones already running and
+# healthy — then builds and starts analytics_server on 6690.
+#
+# Usage: scripts/run-local.sh          start (foreground: ctrl-c stops what this script started)
+#        scripts/run-local.sh stop     stop what an earlier run started in the background (--detach)
+#        scripts/run-local.sh --detach start in the background and return
+# State (server data, logs, pids) lives in $FECHATTER_STATE_DIR (default ~/.local/state/fechatter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATE_DIR=${FECHATTER_STATE_DIR:-$HOME/.local/state/fechatter}
+NATS_PORT=${NATS_PORT:-4222}
+NATS_MONITOR_PORT=${NATS_MONITOR_PORT:-8222}
+CLICKHOUSE_HTTP_PORT=${CLICKHOUSE_HTTP_PORT:-8123}
+CLICKHOUSE_TCP_PORT=${CLICKHOUSE_TCP_PORT:-9000}
+ANALYTICS_PORT=${ANALYTICS_PORT:-6690}
+mkdir -p "$STATE_DIR/pids" "$STATE_DIR/logs"
+
+ok() { printf '✅ %s\n' "$*"; }
+fail() { printf '❌ %s\n' "$*" >&2; exit 1; }
+
+stop_started() {
+    local pidfile name pid
+    for pidfile in "$STATE_DIR"/pids/*.pid; do
+        [ -e "$pidfile" ] || continue
+        name=$(basename "$pidfile" .pid)
+        pid=$(cat "$pidfile")
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" && ok "stopped $name (pid $pid)"
+            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        rm -f "$pidfile"
+    done
+}
+
+if [ "${1:-}" = "stop" ]; then
+    stop_started
+    exit 0
+fi
+DETACH=0
+[ "${1:-}" = "--detach" ] && DETACH=1
+
+wait_for() { # what, command...
+    local what=$1; shift
+    for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    fail "$what did not become ready (logs in $STATE_DIR/logs)"
+}
+
+start_bg() { # name, log, command...
+    local name=$1 log=$2; shift 2
+    nohup "$@" >"$log" 2>&1 &
+    echo $! >"$STATE_DIR/pids/$name.pid"
+}
+
+scripts/install-deps.sh
+
+# NATS with JetStream: reuse a healthy server on the port, else start one.
+if curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/jsz" >/dev/null 2>&1 || (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
+    ok "NATS already running on $NATS_PORT (reused)"
+else
+    mkdir -p "$STATE_DIR/nats"
+    start_bg nats "$STATE_DIR/logs/nats.log" nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -js -sd "$STATE_DIR/nats"
+    wait_for "NATS" curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/healthz"
+    ok "NATS started on $NATS_PORT (JetStream, store $STATE_DIR/nats)"
+fi
+
+# ClickHouse: reuse a healthy server on the port, else start one from a private config.
+if curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping" >/dev/null 2>&1; then
+    ok "ClickHouse already running on $CLICKHOUSE_HTTP_PORT (reused)"
+else
+    CH=$STATE_DIR/clickhouse
+    mkdir -p "$CH/data" "$CH/tmp" "$CH/user_files" "$CH/format_schemas"
+    cat >"$CH/users.xml" <<XML
+<yandex>
+  <profiles><default><allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type></default></profiles>
+  <users><default><password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+XML
+    cat >"$CH/config.xml" <<XML
+<yandex>
+  <logger><level>warning</level><log>$CH/server.log</log><errorlog>$CH/error.log</errorlog></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>$CLICKHOUSE_HTTP_PORT</http_port>
+  <tcp_port>$CLICKHOUSE_TCP_PORT</tcp_port>
+  <path>$CH/data/</path>
+  <tmp_path>$CH/tmp/</tmp_path>
+  <user_files_path>$CH/user_files/</user_files_path>
+  <format_schema_path>$CH/format_schemas/</format_schema_path>
+  <users_config>$CH/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+XML
+    start_bg clickhouse "$STATE_DIR/logs/clickhouse.log" clickhouse-server --config-file="$CH/config.xml"
+    wait_for "ClickHouse" curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping"
+    ok "ClickHouse started on $CLICKHOUSE_HTTP_PORT (data $CH/data)"
+fi
+
+cargo build --release -p analytics_server --bin analytics_server
+ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL=${ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL:-nats://127.0.0.1:$NATS_PORT} \
+ANALYTICS__CLICKHOUSE__URL=${ANALYTICS__CLICKHOUSE__URL:-http://127.0.0.1:$CLICKHOUSE_HTTP_PORT} \
+ANALYTICS__SERVER__PORT=$ANALYTICS_PORT \
+    start_bg analytics_server "$STATE_DIR/logs/analytics_server.log" target/release/analytics_server
+wait_for "analytics_server" curl -fsS "http://127.0.0.1:$ANALYTICS_PORT/health"
+ok "analytics_server started on $ANALYTICS_PORT"
+
+cat <<TXT
+
+  analytics_server  http://127.0.0.1:$ANALYTICS_PORT/health   /ready   /metrics
+  NATS              nats://127.0.0.1:$NATS_PORT (monitoring http://127.0.0.1:$NATS_MONITOR_PORT/jsz)
+  ClickHouse        http://127.0.0.1:$CLICKHOUSE_HTTP_PORT
+  Logs              $STATE_DIR/logs/
+
+  Send an event:
+    curl -X POST http://127.0.0.1:$ANALYTICS_PORT/api/event -H 'Content-Type: application/json' \\
+      -d '{"context": {"userId": "123"}, "userLogin": {"email": "super@none.org", "loginMethod": "password"}}'
+  See it in ClickHouse:
+    curl 'http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/' --data-binary \\
+      'SELECT event_type, user_id, payload FROM fechatter_analytics.analytics_events FINAL ORDER BY server_ts DESC LIMIT 5'
+TXT
+
+if [ "$DETACH" = 1 ]; then
+    echo "Running in the background; stop with: scripts/run-local.sh stop"
+    exit 0
+fi
+trap 'echo; stop_started; exit 0' INT TERM
+echo "Following the analytics_server log; ctrl-c stops what this script started."
+tail -n +1 -f "$STATE_DIR/logs/analytics_server.log" &
+wait
