@@ -131,16 +131,13 @@ pub async fn migrate(server: &Client, client: &Client, database: &str) -> Result
     let start = applied;
     let pending = MIGRATIONS.iter().filter(move |m| m.version > start);
     for migration in pending {
+        let failed = |source| SchemaError::Migrate {
+            version: migration.version,
+            name: migration.name,
+            source,
+        };
         for statement in migration.statements {
-            client
-                .query(statement)
-                .execute()
-                .await
-                .map_err(|source| SchemaError::Migrate {
-                    version: migration.version,
-                    name: migration.name,
-                    source,
-                })?;
+            client.query(statement).execute().await.map_err(failed)?;
         }
         client
             .query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
@@ -148,11 +145,7 @@ pub async fn migrate(server: &Client, client: &Client, database: &str) -> Result
             .bind(migration.name)
             .execute()
             .await
-            .map_err(|source| SchemaError::Migrate {
-                version: migration.version,
-                name: migration.name,
-                source,
-            })?;
+            .map_err(failed)?;
         tracing::info!(
             version = migration.version,
             name = migration.name,

@@ -7,7 +7,7 @@
 
 use super::{ApiError, AppState};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -129,7 +129,7 @@ fn now_ms() -> i64 {
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.settings.server.max_body_bytes;
     axum::body::to_bytes(body, limit).await.map_err(|_| {
-        state.metrics.reject("too_large");
+        state.metrics.reject("payload_too_large");
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -166,7 +166,6 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
         )
     };
     if payload.len() > state.settings.jetstream.max_message_bytes {
-        state.metrics.reject("too_large");
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -214,17 +213,45 @@ fn accepted(ids: Vec<String>) -> (StatusCode, Json<Value>) {
     )
 }
 
+/// What both ingest routes start from: the body, its encoding and who sent it. Extracting it here keeps the
+/// content-type check, the body limit and the caller's facts in one place.
+struct IngestRequest {
+    encoding: Encoding,
+    body: Bytes,
+    caller: Caller,
+}
+
+impl FromRequest<AppState> for IngestRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let refused = |err: ApiError| {
+            state.metrics.reject(err.code);
+            err
+        };
+        let encoding = encoding(&parts.headers).map_err(refused)?;
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let body = read_body(state, body).await?;
+        Ok(Self {
+            encoding,
+            body,
+            caller: caller(addr, &parts.headers),
+        })
+    }
+}
+
 async fn record_event(
     State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    request: IngestRequest,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let result = async {
-        let encoding = encoding(&headers)?;
-        let body = read_body(&state, body).await?;
-        let mut event: AnalyticsEvent = decode_body(encoding, &body)?;
-        let who = caller(addr, &headers);
+        let mut event: AnalyticsEvent = decode_body(request.encoding, &request.body)?;
+        let who = &request.caller;
         prepare(&mut event, None, now_ms(), &who.ip, who.user_agent.as_deref())?;
         let subject = event.subject().unwrap_or_default();
         let id = event.event_id().to_owned();
@@ -237,14 +264,10 @@ async fn record_event(
 
 async fn record_batch(
     State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    request: IngestRequest,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let result = async {
-        let encoding = encoding(&headers)?;
-        let body = read_body(&state, body).await?;
-        let mut batch: BatchRecordEventsRequest = decode_body(encoding, &body)?;
+        let mut batch: BatchRecordEventsRequest = decode_body(request.encoding, &request.body)?;
         let max = state.settings.server.max_batch_events;
         if batch.events.is_empty() {
             return Err(ApiError::bad_request("empty_batch", "events is empty"));
@@ -259,7 +282,7 @@ async fn record_batch(
                 ),
             ));
         }
-        let who = caller(addr, &headers);
+        let who = &request.caller;
         let now = now_ms();
         for (i, event) in batch.events.iter_mut().enumerate() {
             prepare(event, Some(i), now, &who.ip, who.user_agent.as_deref())?;
