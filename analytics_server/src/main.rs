@@ -4,10 +4,23 @@ use analytics_server::config::Settings;
 use analytics_server::startup::Application;
 use analytics_server::{shutdown, telemetry};
 use anyhow::Context;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     telemetry::init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The cause chain on one line, without a backtrace: these are operator errors, not bugs.
+            eprintln!("Error: {err:#}");
+            tracing::error!(error = format!("{err:#}"), "analytics_server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env().context("Failed to load configuration")?;
     let app = Application::build(settings)
         .await
