@@ -13,7 +13,6 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // The cause chain on one line, without a backtrace: these are operator errors, not bugs.
-            eprintln!("Error: {err:#}");
             tracing::error!(error = format!("{err:#}"), "analytics_server failed");
             ExitCode::FAILURE
         }
