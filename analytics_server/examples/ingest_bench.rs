@@ -25,8 +25,8 @@
 //! The run exits 0 when the throughput target is missed (it is a measurement; the summary says `TARGET MISSED`),
 //! and 1 when exactly-once is violated (`count() FINAL` or `uniqExact(event_id)` differs from N) or a step fails.
 //!
-//! `cargo run --example` does not build the package's binaries, so before step 5 the benchmark runs
-//! `cargo build [--release] -p analytics_server --bin analytics_server` itself (a no-op when it is up to date; it
+//! `cargo run --example` does not build the package's binaries, so before step 1 the benchmark runs
+//! `cargo build [--release] -p analytics_server --bin analytics_server --example ingest_bench` itself (a no-op when it is up to date; it
 //! may wait for the shared target directory's lock while other builds run).
 
 use analytics_server::config::Settings;
@@ -163,7 +163,9 @@ fn build_service_binary() -> Result<()> {
         .arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
-        .args(["-p", "analytics_server", "--bin", "analytics_server"]);
+        // Naming this example too keeps the dev-dependency feature unification of `cargo run --example`, so the
+        // dependencies it already compiled are reused instead of being rebuilt with other features.
+        .args(["-p", "analytics_server", "--bin", "analytics_server", "--example", "ingest_bench"]);
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }

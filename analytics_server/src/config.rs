@@ -3,7 +3,7 @@
 //! The shipped `analytics.yml` is compiled in as the defaults, so a deployment's file only needs the keys it
 //! changes. [`Settings::validate`] checks the relations between keys once, at start-up, naming the key at fault.
 
-use fechatter_config::ConfigError;
+use fechatter_service::ConfigError;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -142,7 +142,7 @@ impl Settings {
 
     /// Loads the defaults, `path` and the overrides in `vars`, then validates.
     pub fn load(path: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let settings: Self = fechatter_config::load(DEFAULTS, path, ENV_PREFIX, vars)?;
+        let settings: Self = fechatter_service::load(DEFAULTS, path, ENV_PREFIX, vars)?;
         settings.validate()?;
         Ok(settings)
     }

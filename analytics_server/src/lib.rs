@@ -16,8 +16,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod row;
 pub mod schema;
-pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod startup;
-pub mod telemetry;

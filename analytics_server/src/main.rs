@@ -2,7 +2,7 @@
 
 use analytics_server::config::Settings;
 use analytics_server::startup::Application;
-use analytics_server::{shutdown, telemetry};
+use fechatter_service::{shutdown, telemetry};
 use anyhow::Context;
 use std::process::ExitCode;
 

@@ -47,7 +47,7 @@ impl Stack {
     pub async fn start() -> Stack {
         // Service logs only when asked for (RUST_LOG=info cargo test …), to keep test output readable.
         if std::env::var_os("RUST_LOG").is_some() {
-            analytics_server::telemetry::init();
+            fechatter_service::telemetry::init();
         }
         let (nats, clickhouse) = tokio::join!(NatsServer::start(), ClickHouseServer::start());
         let nats = nats.expect("nats-server starts");

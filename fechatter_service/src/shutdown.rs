@@ -8,7 +8,7 @@ pub fn on_signals() -> CancellationToken {
     let cancel = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested: stop pulling, flush, acknowledge, drain");
+        tracing::info!("shutdown requested");
         cancel.cancel();
     });
     token
