@@ -169,6 +169,21 @@ fn build_service_binary() -> Result<()> {
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
+    // `cargo run` gives this process the package's CARGO_PKG_*/CARGO_MANIFEST_* variables. Some build scripts
+    // (ring's) rerun when those change, so passing them on would rebuild ring, rustls and async-nats here and
+    // again at the next plain `cargo` command.
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let injected = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_RUSTC_CURRENT_DIR" | "OUT_DIR"
+            );
+        if injected {
+            command.env_remove(name);
+        }
+    }
     println!("building the service binary: {command:?}");
     let started = Instant::now();
     let status = command.status().context("running cargo build")?;
@@ -193,7 +208,7 @@ fn make_events(n: usize) -> Vec<AnalyticsEvent> {
 }
 
 /// Publishes every event (pre-encoded) with `Nats-Msg-Id`, keeping at most [`PUBLISH_WINDOW`] acks in flight.
-async fn publish(js: &jetstream::Context, events: &[AnalyticsEvent]) -> Result<Duration> {
+async fn publish(js: &jetstream::Context, events: &[AnalyticsEvent]) -> Result<Timed> {
     let encoded: Vec<(String, String, Bytes)> = events
         .iter()
         .map(|e| {
@@ -201,6 +216,7 @@ async fn publish(js: &jetstream::Context, events: &[AnalyticsEvent]) -> Result<D
             Ok((subject, e.event_id().to_owned(), Bytes::from(e.encode_to_vec())))
         })
         .collect::<Result<_>>()?;
+    let cpu = cpu_snapshot();
     let started = Instant::now();
     let mut in_flight = VecDeque::with_capacity(PUBLISH_WINDOW);
     for (subject, id, payload) in encoded {
@@ -216,16 +232,17 @@ async fn publish(js: &jetstream::Context, events: &[AnalyticsEvent]) -> Result<D
     for ack in in_flight {
         ack.await.context("publish ack")?;
     }
-    Ok(started.elapsed())
+    Ok(Timed::since(started, &cpu))
 }
 
 /// Step (a): a bare durable pull consumer that pulls, decodes and acknowledges all `n` messages.
-async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize) -> Result<Duration> {
+async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize) -> Result<Timed> {
     let stream = js.get_stream(&settings.jetstream.stream).await?;
     let mut config: pull::Config = consumer_config(settings);
     config.durable_name = Some(BARE_CONSUMER.into());
     config.name = Some(BARE_CONSUMER.into());
     config.description = Some("ingest_bench: bare consume + decode + ack".into());
+    let cpu = cpu_snapshot();
     let started = Instant::now();
     let consumer = stream.get_or_create_consumer(BARE_CONSUMER, config).await?;
     let mut messages = consumer
@@ -256,10 +273,26 @@ async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize) ->
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
     .await?;
-    let elapsed = started.elapsed();
+    let elapsed = Timed::since(started, &cpu);
     ensure!(typed == n, "bare consumer decoded {typed} typed events of {n}");
     let _ = stream.delete_consumer(BARE_CONSUMER).await;
     Ok(elapsed)
+}
+
+/// How long a step took and what CPU it used.
+struct Timed {
+    elapsed: Duration,
+    cpu: String,
+}
+
+impl Timed {
+    fn since(started: Instant, cpu_before: &[(String, u64)]) -> Self {
+        let elapsed = started.elapsed();
+        Self {
+            elapsed,
+            cpu: cpu_line(cpu_before, &cpu_snapshot(), elapsed),
+        }
+    }
 }
 
 /// One INSERT of `rows`, exactly as the service's sink does it.
@@ -277,7 +310,7 @@ async fn insert(client: &clickhouse::Client, rows: &[EventRow]) -> Result<()> {
 }
 
 /// Step (b): inserts pre-built rows in batches of `batch_size`, one INSERT at a time.
-async fn raw_insert(clickhouse: &ClickHouseServer, events: &[AnalyticsEvent], batch_size: usize) -> Result<Duration> {
+async fn raw_insert(clickhouse: &ClickHouseServer, events: &[AnalyticsEvent], batch_size: usize) -> Result<Timed> {
     let server = clickhouse::Client::default()
         .with_url(clickhouse.http_url())
         .with_validation(false);
@@ -300,11 +333,12 @@ async fn raw_insert(clickhouse: &ClickHouseServer, events: &[AnalyticsEvent], ba
             Ok(to_row(event, &kind, &origin))
         })
         .collect::<Result<_>>()?;
+    let cpu = cpu_snapshot();
     let started = Instant::now();
     for chunk in rows.chunks(batch_size) {
         insert(&client, chunk).await?;
     }
-    let elapsed = started.elapsed();
+    let elapsed = Timed::since(started, &cpu);
     let stored = scalar(clickhouse, &format!("SELECT count() FROM {RAW_DATABASE}.{EVENTS_TABLE}")).await?;
     ensure!(stored == events.len() as u64, "raw insert stored {stored} rows of {}", events.len());
     // Drop it so its background merges do not compete with step (c).
@@ -324,6 +358,72 @@ fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// `(comm, ppid, utime + stime ticks)` of `pid`.
+fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // After the comm: state(3) ppid(4) … utime(14) stime(15), numbered from 1 in proc(5).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, ppid, utime + stime))
+}
+
+/// CPU ticks used so far by this process and each of its children (nats-server, clickhouse-server, the
+/// service), keyed by program name.
+fn cpu_snapshot() -> Vec<(String, u64)> {
+    let me = std::process::id();
+    let mut out: Vec<(String, u64)> = Vec::new();
+    let mut add = |name: String, ticks: u64| match out.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, t)) => *t += ticks,
+        None => out.push((name, ticks)),
+    };
+    if let Some((_, _, ticks)) = proc_stat(me) {
+        add("ingest_bench".into(), ticks);
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((comm, ppid, ticks)) = proc_stat(pid)
+            && ppid == me
+        {
+            add(comm, ticks);
+        }
+    }
+    out
+}
+
+/// CPU seconds each program used between two snapshots, and the wall time, as one line.
+fn cpu_line(before: &[(String, u64)], after: &[(String, u64)], wall: Duration) -> String {
+    let mut parts = Vec::new();
+    let mut total = 0.0;
+    for (name, ticks) in after {
+        let start = before.iter().find(|(n, _)| n == name).map_or(0, |(_, t)| *t);
+        let seconds = ticks.saturating_sub(start) as f64 / TICKS_PER_SECOND;
+        if seconds > 0.0 {
+            total += seconds;
+            parts.push(format!("{name} {seconds:.2}"));
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!(
+        "CPU s: {} | total {total:.2} of {:.2} available ({cores} cores x {:.2} s wall)",
+        parts.join(", "),
+        wall.as_secs_f64() * cores as f64,
+        wall.as_secs_f64()
+    )
 }
 
 fn mib(kib: u64) -> f64 {
@@ -347,6 +447,7 @@ struct ServiceRun {
     physical_rows: u64,
     inserts: Vec<(u64, u64)>,
     consumer_idle: bool,
+    cpu: String,
 }
 
 /// Removes ANSI escape sequences (the service's log is colored).
@@ -400,6 +501,7 @@ async fn run_service(
     let mut env = vars.to_vec();
     env.push(("RUST_LOG".into(), "info".into()));
     env.push(("NO_COLOR".into(), "1".into()));
+    let cpu = cpu_snapshot();
     let started = Instant::now();
     let mut child = ChildProcess::spawn(&binary, Vec::<String>::new(), env).context("spawning analytics_server")?;
     let pid = child.pid();
@@ -449,6 +551,7 @@ async fn run_service(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let cpu = cpu_line(&cpu, &cpu_snapshot(), total);
     let end_kib = rss_kib(pid).unwrap_or(0);
 
     // The service acknowledges after each INSERT; wait (briefly) for the consumer to show nothing in flight.
@@ -493,6 +596,7 @@ async fn run_service(
         physical_rows,
         inserts,
         consumer_idle,
+        cpu,
     })
 }
 
@@ -543,7 +647,8 @@ async fn run() -> Result<bool> {
 
     println!("[2/5] publishing {n} events into {}", settings.jetstream.stream);
     let events = make_events(n);
-    let publish_time = publish(&js, &events).await?;
+    let published = publish(&js, &events).await?;
+    let publish_time = published.elapsed;
     let stored = js.get_stream(&settings.jetstream.stream).await?.info().await?.state.messages;
     ensure!(stored == n as u64, "stream holds {stored} messages, expected {n}");
     let publish_rate = rate(n, publish_time);
@@ -552,16 +657,19 @@ async fn run() -> Result<bool> {
         publish_time.as_secs_f64(),
         fmt_rate(publish_rate)
     );
+    println!("  {}", published.cpu);
 
     println!("[3/5] (a) bare JetStream consumer: pull + decode + ack");
-    let bare_time = bare_consume(&js, &settings, n).await?;
-    let bare_rate = rate(n, bare_time);
-    println!("  {:.2} s: {} events/s", bare_time.as_secs_f64(), fmt_rate(bare_rate));
+    let bare = bare_consume(&js, &settings, n).await?;
+    let bare_rate = rate(n, bare.elapsed);
+    println!("  {:.2} s: {} events/s", bare.elapsed.as_secs_f64(), fmt_rate(bare_rate));
+    println!("  {}", bare.cpu);
 
     println!("[4/5] (b) raw ClickHouse INSERT of pre-built rows, {} per INSERT", args.batch_size);
-    let raw_time = raw_insert(&clickhouse, &events, args.batch_size).await?;
-    let raw_rate = rate(n, raw_time);
-    println!("  {:.2} s: {} rows/s", raw_time.as_secs_f64(), fmt_rate(raw_rate));
+    let raw = raw_insert(&clickhouse, &events, args.batch_size).await?;
+    let raw_rate = rate(n, raw.elapsed);
+    println!("  {:.2} s: {} rows/s", raw.elapsed.as_secs_f64(), fmt_rate(raw_rate));
+    println!("  {}", raw.cpu);
     drop(events);
 
     println!("[5/5] (c) analytics_server binary drains the backlog");
@@ -569,6 +677,7 @@ async fn run() -> Result<bool> {
     let svc_rate = rate(n, svc.total);
     let drain_rate = rate(n, svc.total.saturating_sub(svc.first_rows));
     println!("  {:.2} s: {} events/s", svc.total.as_secs_f64(), fmt_rate(svc_rate));
+    println!("  {}", svc.cpu);
 
     let ratio_a = svc_rate / bare_rate;
     let ratio_b = svc_rate / raw_rate;

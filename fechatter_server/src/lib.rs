@@ -1,4 +1,28 @@
-//! `fechatter_server`: the Fechatter chat API. For now it holds the analytics publisher that turns every user
-//! action into an `AnalyticsEvent` on `fechatter.analytics.<type>` (see [`analytics`]).
+//! `fechatter_server`: the Fechatter chat API on PostgreSQL. Every user action also becomes an analytics
+//! event, written to a transactional outbox and relayed to NATS JetStream ([`analytics`]).
+//!
+//! [`startup`] wires it together; [`http`] holds one module per resource; [`auth`] signs and checks tokens.
 
 pub mod analytics;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod live;
+pub mod metrics;
+pub mod rate_limit;
+pub mod seed;
+pub mod startup;
+pub mod state;
+
+/// Formats an error with its whole cause chain (`outer: cause: root cause`), for logs.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

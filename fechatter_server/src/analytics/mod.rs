@@ -1,8 +1,52 @@
-//! Analytics events of the chat API: [`event`] builds them with a full context, [`publisher`] sends them to
-//! JetStream, acknowledged and deduplicated by `event_id`.
+//! Analytics events of the chat API. [`event`] builds them with a full context, [`Analytics::record`] writes
+//! them to the transactional outbox in the caller's transaction ([`outbox`]), and the relay publishes them to
+//! JetStream through [`publisher`], acknowledged and deduplicated by `event_id`.
 
+pub mod client;
 pub mod event;
+pub mod outbox;
 pub mod publisher;
 
+pub use client::ClientInfo;
 pub use event::{RequestContext, build_event};
 pub use publisher::{AnalyticsPublisher, PublishError, PublishOutcome, PublisherSettings};
+
+use crate::metrics::Metrics;
+use fechatter_protos::v1::analytics_event::EventType;
+use sqlx::PgConnection;
+use std::sync::Arc;
+
+/// Records analytics events, or nothing when `features.messaging.enabled` is false.
+#[derive(Clone)]
+pub struct Analytics {
+    enabled: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Analytics {
+    /// A recorder; `enabled` is `features.messaging.enabled`.
+    pub fn new(enabled: bool, metrics: Arc<Metrics>) -> Self {
+        Self { enabled, metrics }
+    }
+
+    /// Whether events are written at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Writes an event of `kind` to the outbox on `conn` — pass the transaction of the change the event
+    /// describes, so both commit or neither does.
+    pub async fn record(
+        &self,
+        conn: &mut PgConnection,
+        kind: EventType,
+        request: &RequestContext,
+    ) -> Result<(), sqlx::Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        outbox::enqueue(conn, &build_event(kind, request)).await?;
+        self.metrics.events_written.inc();
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! What a request tells about its client, for analytics context: IP, `User-Agent`, and the optional
+//! `X-Client-Id`, `X-Session-Id` and `X-App-Version` headers.
+
+use super::RequestContext;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+
+/// Longest header value kept in an event.
+const MAX_HEADER_CHARS: usize = 256;
+
+/// Client facts of a request.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Peer address.
+    pub ip: IpAddr,
+    /// `User-Agent`.
+    pub user_agent: String,
+    /// `X-Client-Id`.
+    pub client_id: String,
+    /// `X-Session-Id`.
+    pub session_id: String,
+    /// `X-App-Version`, or the server's version.
+    pub app_version: String,
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(MAX_HEADER_CHARS).collect())
+        .unwrap_or_default()
+}
+
+impl ClientInfo {
+    /// The analytics context of an action by `user_id` in `workspace_id`.
+    pub fn context(&self, user_id: i64, workspace_id: i64) -> RequestContext {
+        RequestContext {
+            user_id: user_id.to_string(),
+            workspace_id: workspace_id.to_string(),
+            client_id: self.client_id.clone(),
+            session_id: self.session_id.clone(),
+            ip: self.ip.to_string(),
+            user_agent: self.user_agent.clone(),
+            app_version: self.app_version.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let app_version = match header(&parts.headers, "x-app-version") {
+            v if v.is_empty() => concat!("fechatter_server/", env!("CARGO_PKG_VERSION")).to_owned(),
+            v => v,
+        };
+        Ok(Self {
+            ip,
+            user_agent: header(&parts.headers, "user-agent"),
+            client_id: header(&parts.headers, "x-client-id"),
+            session_id: header(&parts.headers, "x-session-id"),
+            app_version,
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! The transactional outbox: an analytics event is written to `analytics_outbox` in the same transaction as the
+//! change it describes, so an event exists exactly when its change committed, whatever NATS is doing.
+//!
+//! The relay publishes outbox rows in batches and deletes only the rows JetStream acknowledged. Rows are
+//! claimed with `FOR UPDATE SKIP LOCKED`, so several server instances relay side by side without publishing a
+//! row twice; and were a row published twice anyway (a crash between the ack and the delete), its
+//! `Nats-Msg-Id = event_id` makes JetStream drop the copy, and ClickHouse collapses any later one.
+//!
+//! `enqueue` also runs `pg_notify('analytics_outbox')`, which PostgreSQL delivers only on commit: the relay
+//! wakes as soon as a new row is visible, on every instance, instead of waiting for `flush_interval_ms`.
+
+use super::publisher::AnalyticsPublisher;
+use crate::metrics::Metrics;
+use fechatter_protos::v1::AnalyticsEvent;
+use prost::Message as _;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row as _};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The notification channel that wakes relays.
+pub const CHANNEL: &str = "analytics_outbox";
+
+/// Writes `event` to the outbox on `conn` (the caller's transaction).
+pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
+    let (Some(subject), Ok(event_id)) = (event.subject(), uuid::Uuid::parse_str(event.event_id())) else {
+        // Events are built by `build_event`, which always sets both; refuse loudly rather than store junk.
+        return Err(sqlx::Error::Protocol("analytics event without type or UUID event_id".into()));
+    };
+    let suffix = event.event_type.as_ref().map(|k| k.subject_suffix()).unwrap_or_default();
+    tracing::debug!("📊 Queuing analytics event: {} for user: {}", suffix, event.user_id());
+    sqlx::query("INSERT INTO analytics_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
+        .bind(event_id)
+        .bind(&subject)
+        .bind(event.encode_to_vec())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
+    tracing::debug!("✅ Analytics event {} queued successfully", suffix);
+    Ok(())
+}
+
+/// Rows waiting in the outbox.
+pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM analytics_outbox").fetch_one(pool).await
+}
+
+/// Settings of the relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows per round.
+    pub batch_size: usize,
+    /// Longest sleep between rounds.
+    pub flush_interval: Duration,
+}
+
+/// What one relay round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows acknowledged by JetStream and deleted.
+    pub published: usize,
+}
+
+/// Publishes up to `batch_size` outbox rows and deletes those JetStream acknowledged, in one transaction.
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &AnalyticsPublisher,
+    batch_size: usize,
+    metrics: &Metrics,
+) -> Result<Round, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query("SELECT id, payload FROM analytics_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
+        .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    let mut undecodable = Vec::new();
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let payload: Vec<u8> = row.try_get("payload")?;
+        match AnalyticsEvent::decode(payload.as_slice()) {
+            Ok(event) => {
+                ids.push(id);
+                events.push(event);
+            }
+            Err(err) => {
+                // Only this server writes the outbox, so this means a corrupted row: drop it, loudly.
+                tracing::error!(id, error = %err, "undecodable outbox row deleted");
+                undecodable.push(id);
+            }
+        }
+    }
+    let results = publisher.publish_all(&events).await;
+    let mut done: Vec<i64> = undecodable;
+    for (id, result) in ids.iter().zip(&results) {
+        match result {
+            Ok(_) => done.push(*id),
+            Err(err) => {
+                metrics.publish_failures.inc();
+                tracing::warn!(id, error = %crate::error_chain(err), "analytics event not published; kept in the outbox");
+            }
+        }
+    }
+    let published = results.iter().filter(|r| r.is_ok()).count();
+    sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")
+        .bind(&done)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics.events_published.inc_by(published as u64);
+    Ok(Round {
+        claimed: rows.len(),
+        published,
+    })
+}
+
+/// Runs the relay until `shutdown` is cancelled: a round whenever a new row commits (notification), every
+/// `flush_interval` otherwise, and rounds back to back while full batches keep coming. Failures (NATS or
+/// PostgreSQL down) back off up to `flush_interval`; the rows wait in the outbox.
+pub async fn run_relay(
+    pool: PgPool,
+    publisher: AnalyticsPublisher,
+    settings: RelaySettings,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut listener = connect_listener(&pool).await;
+    let mut failures = 0u32;
+    loop {
+        // Drain: full batches mean more rows are waiting.
+        loop {
+            match relay_once(&pool, &publisher, settings.batch_size, &metrics).await {
+                Ok(round) if round.published < round.claimed => {
+                    failures += 1;
+                    break;
+                }
+                Ok(round) => {
+                    failures = 0;
+                    if round.claimed < settings.batch_size || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    tracing::warn!(error = %crate::error_chain(&err), "outbox relay round failed");
+                    break;
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let wait = if failures == 0 {
+            settings.flush_interval
+        } else {
+            (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(10))).min(settings.flush_interval)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {
+                if listener.is_none() {
+                    listener = connect_listener(&pool).await;
+                }
+            }
+            notified = recv(&mut listener), if failures == 0 => {
+                if !notified {
+                    listener = connect_listener(&pool).await;
+                }
+            }
+        }
+    }
+    tracing::info!("outbox relay stopped");
+}
+
+async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen(CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// Waits for a notification; false when the listener is gone (then the timer drives the relay).
+async fn recv(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => l.recv().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,9 @@
+//! Authentication: Argon2id password hashes ([`password`]), Ed25519-signed access tokens and rotating refresh
+//! tokens ([`tokens`]), and the [`AuthUser`] extractor every protected route takes.
+
+pub mod extractor;
+pub mod password;
+pub mod tokens;
+
+pub use extractor::AuthUser;
+pub use tokens::{Claims, JwtKeys};

@@ -1,0 +1,171 @@
+//! Access tokens are JWTs signed with Ed25519 (`EdDSA`), so other services verify them with the public key
+//! alone; only `EdDSA` is accepted when verifying, which rules out algorithm-confusion attacks (`none`, or an
+//! HMAC keyed with the public key). Refresh tokens are random, opaque, and stored only as SHA-256 hashes.
+
+use crate::config::AuthSettings;
+use anyhow::Context as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Workspace id of the user.
+    pub ws: i64,
+    /// Issuer.
+    pub iss: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Signing and verification keys.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    issuer: String,
+    /// Access token lifetime, seconds.
+    pub access_ttl_seconds: u64,
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl JwtKeys {
+    /// Reads the PEM files named in `settings`.
+    pub fn load(settings: &AuthSettings) -> anyhow::Result<Self> {
+        let private = std::fs::read(&settings.private_key_path).with_context(|| {
+            format!(
+                "Failed to read auth.private_key_path {}",
+                settings.private_key_path.display()
+            )
+        })?;
+        let public = std::fs::read(&settings.public_key_path)
+            .with_context(|| format!("Failed to read auth.public_key_path {}", settings.public_key_path.display()))?;
+        Self::from_pem(&private, &public, &settings.issuer, settings.access_token_ttl_seconds)
+    }
+
+    /// Keys from PEM bytes.
+    pub fn from_pem(private: &[u8], public: &[u8], issuer: &str, access_ttl_seconds: u64) -> anyhow::Result<Self> {
+        Ok(Self {
+            encoding: EncodingKey::from_ed_pem(private).context("auth.private_key_path is not an Ed25519 PKCS#8 PEM")?,
+            decoding: DecodingKey::from_ed_pem(public).context("auth.public_key_path is not an Ed25519 public key PEM")?,
+            issuer: issuer.to_owned(),
+            access_ttl_seconds,
+        })
+    }
+
+    /// A new access token for `user_id` in `workspace_id`.
+    pub fn issue(&self, user_id: i64, workspace_id: i64) -> anyhow::Result<String> {
+        let iat = now_seconds();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            ws: workspace_id,
+            iss: self.issuer.clone(),
+            iat,
+            exp: iat + self.access_ttl_seconds,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding).context("Failed to sign token")
+    }
+
+    /// Verifies signature, algorithm, issuer and expiry (no leeway).
+    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.issuer]);
+        validation.leeway = 0;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map(|data| data.claims)
+    }
+}
+
+/// A new random refresh token (256 bits, hex).
+pub fn new_refresh_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// What is stored for a refresh token: its SHA-256, so a database leak yields no usable tokens.
+pub fn hash_refresh_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A fresh Ed25519 key pair as (PKCS#8 private PEM, SPKI public PEM), for tests and development set-up.
+pub fn generate_key_pair() -> anyhow::Result<(String, String)> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, spki::der::pem::LineEnding};
+    let signing = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let private = signing.to_pkcs8_pem(LineEnding::LF).context("encode private key")?;
+    let public = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .context("encode public key")?;
+    Ok((private.to_string(), public))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(ttl: u64) -> JwtKeys {
+        let (private, public) = generate_key_pair().expect("keys");
+        JwtKeys::from_pem(private.as_bytes(), public.as_bytes(), "fechatter", ttl).expect("valid pem")
+    }
+
+    #[test]
+    fn an_issued_token_verifies_with_its_claims() {
+        let k = keys(60);
+        let claims = k.verify(&k.issue(42, 7).expect("issue")).expect("valid");
+        assert_eq!((claims.sub.as_str(), claims.ws, claims.iss.as_str()), ("42", 7, "fechatter"));
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_is_refused() {
+        let (a, b) = (keys(60), keys(60));
+        assert!(b.verify(&a.issue(1, 1).expect("issue")).is_err());
+    }
+
+    #[test]
+    fn a_tampered_token_is_refused() {
+        let k = keys(60);
+        let token = k.issue(1, 1).expect("issue");
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        // Swap in claims for another user, keeping the original signature.
+        let other = k.issue(2, 1).expect("issue");
+        parts[1] = other.split('.').nth(1).expect("claims").to_owned();
+        assert!(k.verify(&parts.join(".")).is_err());
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let k = keys(0);
+        let token = k.issue(1, 1).expect("issue");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(k.verify(&token).is_err());
+    }
+
+    #[test]
+    fn the_none_algorithm_is_refused() {
+        let k = keys(60);
+        let token = k.issue(1, 1).expect("issue");
+        let claims = token.split('.').nth(1).expect("claims");
+        // {"alg":"none","typ":"JWT"}
+        let forged = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");
+        assert!(k.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_stored_hashed() {
+        let (a, b) = (new_refresh_token(), new_refresh_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_ne!(hash_refresh_token(&a), a);
+        assert_eq!(hash_refresh_token(&a), hash_refresh_token(&a));
+    }
+}

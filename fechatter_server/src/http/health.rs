@@ -1,0 +1,56 @@
+//! `GET /health` (the process answers), `GET /ready` (PostgreSQL and NATS answer) and `GET /metrics`.
+
+use crate::analytics::outbox;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok", "service": "fechatter_server" }))
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let postgres = match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(&state.pool)).await {
+        Ok(Ok(_)) => json!({ "ok": true, "detail": "SELECT 1 answered" }),
+        Ok(Err(e)) => json!({ "ok": false, "detail": e.to_string() }),
+        Err(_) => json!({ "ok": false, "detail": "timed out" }),
+    };
+    let nats = match &state.nats {
+        None => json!({ "ok": true, "detail": "analytics disabled" }),
+        Some(client) => {
+            let s = client.connection_state();
+            json!({ "ok": s == async_nats::connection::State::Connected, "detail": format!("{s:?}").to_lowercase() })
+        }
+    };
+    let ok = postgres["ok"] == true && nats["ok"] == true;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "checks": { "postgres": postgres, "nats": nats },
+    });
+    (status, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(Ok(depth)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.pool)).await {
+        state.metrics.outbox_depth.set(depth);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

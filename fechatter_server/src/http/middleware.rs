@@ -1,0 +1,85 @@
+//! Layers every route shares: request metrics by matched route, the JSON body limit, CORS limited to the
+//! configured origins, request tracing, and an `error_occurred` analytics event for every 5xx answer.
+
+use crate::analytics::ClientInfo;
+use crate::error::InternalErrorReport;
+use crate::metrics::{RouteLabel, RouteLabels};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use fechatter_protos::v1::ErrorOccurredEvent;
+use fechatter_protos::v1::analytics_event::EventType;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+/// Wraps `router` in the shared layers.
+pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let origins: Vec<HeaderValue> = state
+        .settings
+        .server
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    router
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
+        .layer(cors)
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Counts and times the request; records `error_occurred` when the answer is a 5xx.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let (mut parts, body) = request.into_parts();
+    let client = <ClientInfo as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state)
+        .await
+        .ok();
+    let caller = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.keys.verify(t).ok());
+    let started = std::time::Instant::now();
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let status = response.status().as_u16();
+    state.metrics.requests.get_or_create(&RouteLabels { route: route.clone(), method, status }).inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabel { route: route.clone() })
+        .observe(started.elapsed().as_secs_f64());
+    if let (Some(report), Some(client)) = (response.extensions().get::<InternalErrorReport>(), client) {
+        let (user_id, workspace_id) = caller
+            .map(|c| (c.sub.parse().unwrap_or(0), c.ws))
+            .unwrap_or((0, 0));
+        let kind = EventType::ErrorOccurred(ErrorOccurredEvent {
+            error_type: "http_5xx".into(),
+            error_code: status.to_string(),
+            error_message: "internal error".into(),
+            stack_trace: String::new(),
+            context: format!("{route}: {}", report.0.chars().take(512).collect::<String>()),
+        });
+        let context = client.context(user_id, workspace_id);
+        // Best effort, in its own transaction: the request already failed, and the database may be why.
+        if let Ok(mut conn) = state.pool.acquire().await
+            && let Err(e) = state.analytics.record(&mut conn, kind, &context).await
+        {
+            tracing::warn!(error = %e, "could not record error_occurred");
+        }
+    }
+    response
+}

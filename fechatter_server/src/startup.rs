@@ -1,0 +1,153 @@
+//! Wires the chat API together: PostgreSQL pool and migrations, signing keys, NATS, the outbox relay, the live
+//! updates hub and the HTTP API. [`Application::build`] does every fallible step up front;
+//! [`Application::run_until_stopped`] serves until the token is cancelled, finishing in-flight requests.
+
+use crate::analytics::outbox::{self, RelaySettings};
+use crate::analytics::{Analytics, AnalyticsPublisher, PublisherSettings};
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::http;
+use crate::live::LiveHub;
+use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
+use crate::state::AppState;
+use anyhow::Context as _;
+use sqlx::postgres::PgPoolOptions;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The running service.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    publisher: Option<AnalyticsPublisher>,
+    port: u16,
+}
+
+/// Connects to PostgreSQL (waiting up to a minute for it) and applies the migrations.
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&settings.database.url);
+    let pool = tokio::time::timeout(Duration::from_secs(60), pool)
+        .await
+        .context("Timed out connecting to database.url")?
+        .context("Failed to connect to database.url")?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("Failed to apply database migrations")?;
+    Ok(pool)
+}
+
+impl Application {
+    /// Connects to everything, applies migrations, and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::new());
+        let pool = connect_database(&settings).await?;
+        let keys = JwtKeys::load(&settings.auth)?;
+        let enabled = settings.features.messaging.enabled;
+        let (nats, publisher) = if enabled {
+            // The API must serve while NATS is down: connect in the background and keep retrying; events
+            // wait in the outbox meanwhile.
+            let client = async_nats::ConnectOptions::new()
+                .name("fechatter_server")
+                .retry_on_initial_connect()
+                .connect(settings.messaging.nats_url.as_str())
+                .await
+                .with_context(|| format!("Invalid messaging.nats_url {}", settings.messaging.nats_url))?;
+            let publisher = AnalyticsPublisher::new(
+                client.clone(),
+                PublisherSettings {
+                    max_in_flight: settings.analytics.max_in_flight,
+                    ack_timeout: Duration::from_millis(settings.analytics.ack_timeout_ms),
+                },
+            );
+            (Some(client), Some(publisher))
+        } else {
+            tracing::warn!("features.messaging.enabled is false: no analytics events are written");
+            (None, None)
+        };
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("Failed to bind {address}"))?;
+        let port = listener.local_addr()?.port();
+        let state = AppState {
+            auth_limiter: Arc::new(RateLimiter::new(
+                settings.server.auth_rate_limit_per_minute,
+                Duration::from_secs(60),
+            )),
+            analytics: Analytics::new(enabled, metrics.clone()),
+            live: LiveHub::new(),
+            settings,
+            pool,
+            keys,
+            metrics,
+            nats,
+        };
+        Ok(Self {
+            listener,
+            state,
+            publisher,
+            port,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests reach the pool through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests and stops the background tasks.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            publisher,
+            port,
+        } = self;
+        let tracker = TaskTracker::new();
+        if let Some(publisher) = publisher {
+            let relay = RelaySettings {
+                batch_size: state.settings.analytics.batch_size,
+                flush_interval: state.settings.flush_interval(),
+            };
+            tracker.spawn(outbox::run_relay(
+                state.pool.clone(),
+                publisher,
+                relay,
+                state.metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tracker.spawn(state.live.clone().run(state.pool.clone(), shutdown.clone()));
+        tracker.close();
+        tracing::info!(port, "fechatter_server listening");
+        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        if let Some(nats) = &state.nats {
+            let _ = nats.flush().await;
+        }
+        tracing::info!("fechatter_server stopped");
+        served
+    }
+}

@@ -1,0 +1,31 @@
+//! What every handler can reach. Cheap to clone: everything heavy is behind an `Arc` or is a pool handle.
+
+use crate::analytics::Analytics;
+use crate::auth::JwtKeys;
+use crate::config::Settings;
+use crate::live::LiveHub;
+use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+/// Shared application state.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// PostgreSQL pool.
+    pub pool: PgPool,
+    /// Token keys.
+    pub keys: JwtKeys,
+    /// Analytics events, written to the outbox.
+    pub analytics: Analytics,
+    /// Live updates fan-out (server-sent events).
+    pub live: LiveHub,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// NATS connection, for readiness (`None` when analytics is disabled).
+    pub nats: Option<async_nats::Client>,
+    /// Sign-in / sign-up attempts per IP.
+    pub auth_limiter: Arc<RateLimiter>,
+}

@@ -1,0 +1,212 @@
+//! The fechatter_server test stack: private PostgreSQL and NATS (JetStream) servers, the service in process on a
+//! free port with fresh signing keys, and typed request helpers.
+
+#![allow(dead_code)]
+
+use fechatter_server::config::Settings;
+use fechatter_server::startup::Application;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+use test_support::{NatsServer, PostgresServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Real servers and one running service.
+pub struct TestApp {
+    pub postgres: PostgresServer,
+    pub nats: NatsServer,
+    pub database_url: String,
+    pub keys_dir: tempfile::TempDir,
+    pub files_dir: tempfile::TempDir,
+    pub port: u16,
+    pub pool: sqlx::PgPool,
+    pub http: reqwest::Client,
+    pub token: CancellationToken,
+    pub handle: Option<JoinHandle<std::io::Result<()>>>,
+    extra: Vec<(String, String)>,
+}
+
+/// A signed-up user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: i64,
+    pub workspace_id: i64,
+    pub email: String,
+    pub password: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+/// The ANALYTICS stream the analytics_server would create; tests that read JetStream create it themselves.
+pub async fn create_analytics_stream(nats_url: &str) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats_url).await.expect("connect");
+    async_nats::jetstream::new(client)
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ANALYTICS".into(),
+            subjects: vec!["fechatter.analytics.>".into()],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("stream")
+}
+
+impl TestApp {
+    /// Starts PostgreSQL, NATS and the service with `extra` environment overrides.
+    pub async fn start(extra: &[(&str, &str)]) -> TestApp {
+        if std::env::var_os("RUST_LOG").is_some() {
+            fechatter_service::telemetry::init();
+        }
+        let (postgres, nats) = tokio::join!(PostgresServer::start(), NatsServer::start());
+        let postgres = postgres.expect("postgres starts");
+        let nats = nats.expect("nats starts");
+        let database_url = postgres
+            .create_database(&format!("fechatter_{}", Uuid::new_v4().simple()))
+            .await
+            .expect("database");
+        let keys_dir = tempfile::tempdir().expect("tempdir");
+        let (private, public) = fechatter_server::auth::tokens::generate_key_pair().expect("keys");
+        std::fs::write(keys_dir.path().join("private.pem"), private).expect("write key");
+        std::fs::write(keys_dir.path().join("public.pem"), public).expect("write key");
+        let files_dir = tempfile::tempdir().expect("tempdir");
+        let pool = sqlx::PgPool::connect(&database_url).await.expect("pool");
+        let mut app = TestApp {
+            postgres,
+            nats,
+            database_url,
+            keys_dir,
+            files_dir,
+            port: 0,
+            pool,
+            http: reqwest::Client::new(),
+            token: CancellationToken::new(),
+            handle: None,
+            extra: extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        app.launch().await;
+        app
+    }
+
+    /// The environment the service runs with.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let keys = self.keys_dir.path();
+        let mut vars = vec![
+            ("FECHATTER__SERVER__HOST".to_owned(), "127.0.0.1".to_owned()),
+            ("FECHATTER__SERVER__PORT".to_owned(), "0".to_owned()),
+            ("FECHATTER__DATABASE__URL".to_owned(), self.database_url.clone()),
+            ("FECHATTER__MESSAGING__NATS_URL".to_owned(), self.nats.url()),
+            ("FECHATTER__AUTH__PRIVATE_KEY_PATH".to_owned(), keys.join("private.pem").display().to_string()),
+            ("FECHATTER__AUTH__PUBLIC_KEY_PATH".to_owned(), keys.join("public.pem").display().to_string()),
+            ("FECHATTER__FILES__DIR".to_owned(), self.files_dir.path().display().to_string()),
+            ("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS".to_owned(), "200".to_owned()),
+            ("FECHATTER__SERVER__AUTH_RATE_LIMIT_PER_MINUTE".to_owned(), "1000".to_owned()),
+        ];
+        for (k, v) in &self.extra {
+            vars.retain(|(name, _)| name != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        vars
+    }
+
+    async fn launch(&mut self) {
+        let settings = Settings::load(None, self.env()).expect("valid settings");
+        let app = Application::build(settings).await.expect("service starts");
+        self.port = app.port();
+        self.token = CancellationToken::new();
+        self.handle = Some(tokio::spawn(app.run_until_stopped(self.token.clone())));
+    }
+
+    /// Stops the service (graceful) and starts it again on a new port, same database.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    pub async fn stop(&mut self) {
+        self.token.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A request with the user's access token.
+    pub fn request(&self, method: Method, path: &str, user: &User) -> RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&user.access_token)
+    }
+
+    /// Sends and returns status and JSON body (`Value::Null` for an empty body).
+    pub async fn send(&self, request: RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str, user: &User) -> (StatusCode, Value) {
+        self.send(self.request(Method::GET, path, user)).await
+    }
+
+    pub async fn post(&self, path: &str, user: &User, body: Value) -> (StatusCode, Value) {
+        self.send(self.request(Method::POST, path, user).json(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, user: &User, body: Value) -> (StatusCode, Value) {
+        self.send(self.request(Method::PATCH, path, user).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str, user: &User) -> (StatusCode, Value) {
+        self.send(self.request(Method::DELETE, path, user)).await
+    }
+
+    /// Signs up a new user in a new workspace named `workspace`.
+    pub async fn signup(&self, fullname: &str, workspace: &str) -> User {
+        let email = format!("{}-{}@example.com", fullname.to_lowercase().replace(' ', "."), Uuid::new_v4().simple());
+        let password = "correct horse battery".to_owned();
+        let (status, body) = self
+            .send(self.http.post(self.url("/api/signup")).json(&json!({
+                "fullname": fullname, "email": email, "password": password, "workspace": workspace,
+            })))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "signup: {body}");
+        let access_token = body["access_token"].as_str().expect("access_token").to_owned();
+        let refresh_token = body["refresh_token"].as_str().expect("refresh_token").to_owned();
+        let mut user = User {
+            id: 0,
+            workspace_id: 0,
+            email,
+            password,
+            access_token,
+            refresh_token,
+        };
+        let (status, me) = self.get("/api/users/me", &user).await;
+        assert_eq!(status, StatusCode::OK, "me: {me}");
+        user.id = me["id"].as_i64().expect("id");
+        user.workspace_id = me["workspace_id"].as_i64().expect("workspace_id");
+        user
+    }
+
+    /// Outbox rows waiting.
+    pub async fn outbox_depth(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
