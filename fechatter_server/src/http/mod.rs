@@ -25,7 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chats::router())
         .merge(members::router())
         .merge(messages::router())
-        .merge(files::router())
+        .merge(files::router(state.settings.files.max_upload_bytes))
         .merge(events::router())
         .split_for_parts();
     let api = api.merge(health::router()).merge(docs::router(openapi));

@@ -97,11 +97,23 @@ impl TestApp {
             ("FECHATTER__SERVER__PORT".to_owned(), "0".to_owned()),
             ("FECHATTER__DATABASE__URL".to_owned(), self.database_url.clone()),
             ("FECHATTER__MESSAGING__NATS_URL".to_owned(), self.nats.url()),
-            ("FECHATTER__AUTH__PRIVATE_KEY_PATH".to_owned(), keys.join("private.pem").display().to_string()),
-            ("FECHATTER__AUTH__PUBLIC_KEY_PATH".to_owned(), keys.join("public.pem").display().to_string()),
-            ("FECHATTER__FILES__DIR".to_owned(), self.files_dir.path().display().to_string()),
+            (
+                "FECHATTER__AUTH__PRIVATE_KEY_PATH".to_owned(),
+                keys.join("private.pem").display().to_string(),
+            ),
+            (
+                "FECHATTER__AUTH__PUBLIC_KEY_PATH".to_owned(),
+                keys.join("public.pem").display().to_string(),
+            ),
+            (
+                "FECHATTER__FILES__DIR".to_owned(),
+                self.files_dir.path().display().to_string(),
+            ),
             ("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS".to_owned(), "200".to_owned()),
-            ("FECHATTER__SERVER__AUTH_RATE_LIMIT_PER_MINUTE".to_owned(), "1000".to_owned()),
+            (
+                "FECHATTER__SERVER__AUTH_RATE_LIMIT_PER_MINUTE".to_owned(),
+                "1000".to_owned(),
+            ),
         ];
         for (k, v) in &self.extra {
             vars.retain(|(name, _)| name != k);
@@ -137,7 +149,9 @@ impl TestApp {
 
     /// A request with the user's access token.
     pub fn request(&self, method: Method, path: &str, user: &User) -> RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(&user.access_token)
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&user.access_token)
     }
 
     /// Sends and returns status and JSON body (`Value::Null` for an empty body).
@@ -171,7 +185,11 @@ impl TestApp {
 
     /// Signs up a new user in a new workspace named `workspace`.
     pub async fn signup(&self, fullname: &str, workspace: &str) -> User {
-        let email = format!("{}-{}@example.com", fullname.to_lowercase().replace(' ', "."), Uuid::new_v4().simple());
+        let email = format!(
+            "{}-{}@example.com",
+            fullname.to_lowercase().replace(' ', "."),
+            Uuid::new_v4().simple()
+        );
         let password = "correct horse battery".to_owned();
         let (status, body) = self
             .send(self.http.post(self.url("/api/signup")).json(&json!({
@@ -194,6 +212,62 @@ impl TestApp {
         user.id = me["id"].as_i64().expect("id");
         user.workspace_id = me["workspace_id"].as_i64().expect("workspace_id");
         user
+    }
+
+    /// A user created straight in the database with a minted access token (no sign-up route involved).
+    /// `workspace_id` None creates a new workspace.
+    pub async fn direct_user(&self, fullname: &str, workspace_id: Option<i64>) -> User {
+        let workspace_id = match workspace_id {
+            Some(id) => id,
+            None => sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ($1) RETURNING id")
+                .bind(format!("ws-{}", Uuid::new_v4().simple()))
+                .fetch_one(&self.pool)
+                .await
+                .expect("workspace"),
+        };
+        let email = format!(
+            "{}-{}@example.com",
+            fullname.to_lowercase().replace(' ', "."),
+            Uuid::new_v4().simple()
+        );
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (workspace_id, fullname, email, password_hash) VALUES ($1, $2, $3, 'x') RETURNING id",
+        )
+        .bind(workspace_id)
+        .bind(fullname)
+        .bind(&email)
+        .fetch_one(&self.pool)
+        .await
+        .expect("user");
+        let keys = fechatter_server::auth::JwtKeys::from_pem(
+            &std::fs::read(self.keys_dir.path().join("private.pem")).expect("key"),
+            &std::fs::read(self.keys_dir.path().join("public.pem")).expect("key"),
+            "fechatter",
+            900,
+        )
+        .expect("keys");
+        User {
+            id,
+            workspace_id,
+            email,
+            password: String::new(),
+            access_token: keys.issue(id, workspace_id).expect("token"),
+            refresh_token: String::new(),
+        }
+    }
+
+    /// Outbox rows of `subject`, decoded.
+    pub async fn outbox_events(&self, subject: &str) -> Vec<fechatter_protos::v1::AnalyticsEvent> {
+        use prost::Message as _;
+        let rows: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT payload FROM analytics_outbox WHERE subject = $1 ORDER BY id")
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await
+                .expect("outbox");
+        rows.iter()
+            .map(|p| fechatter_protos::v1::AnalyticsEvent::decode(p.as_slice()).expect("decodes"))
+            .collect()
     }
 
     /// Outbox rows waiting.
