@@ -1,0 +1,122 @@
+//! The analytics outbox on real servers: events reach JetStream once, with `Nats-Msg-Id = event_id`; NATS down
+//! never stops the API and loses nothing; several relays at once publish nothing twice.
+
+mod common;
+
+use common::{TestApp, User, create_analytics_stream};
+use fechatter_protos::v1::AnalyticsEvent;
+use prost::Message as _;
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use std::collections::HashSet;
+use std::time::Duration;
+use test_support::wait_until;
+
+/// One user action that writes one analytics event (`file_uploaded`).
+async fn act(app: &TestApp, user: &User, n: usize) {
+    let form = Form::new().part("file", Part::bytes(format!("file {n}").into_bytes()).file_name(format!("{n}.txt")));
+    let (status, body) = app
+        .send(app.request(reqwest::Method::POST, "/api/upload", user).multipart(form))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+async fn stream_events(stream: &async_nats::jetstream::stream::Stream) -> Vec<(String, AnalyticsEvent)> {
+    let mut info = stream.clone();
+    let last = info.info().await.expect("info").state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            out.push((id, AnalyticsEvent::decode(m.payload).expect("decodes")));
+        }
+    }
+    out
+}
+
+async fn wait_outbox_empty(app: &TestApp, timeout: Duration) {
+    wait_until("outbox drained", timeout, || async { (app.outbox_depth().await == 0).then_some(()) })
+        .await
+        .unwrap_or_else(|_| panic!("outbox still holds rows"));
+}
+
+#[tokio::test]
+async fn events_reach_jetstream_once_with_their_id_as_message_id() {
+    let app = TestApp::start(&[]).await;
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    let alice = app.direct_user("Alice", None).await;
+    for n in 0..5 {
+        act(&app, &alice, n).await;
+    }
+    wait_outbox_empty(&app, Duration::from_secs(10)).await;
+    let events = stream_events(&stream).await;
+    assert_eq!(events.len(), 5);
+    for (msg_id, event) in &events {
+        assert_eq!(msg_id, event.event_id());
+        assert_eq!(event.type_name(), Some("file_uploaded"));
+        let ctx = event.context.as_ref().expect("context");
+        assert_eq!(ctx.user_id, alice.id.to_string());
+        assert_eq!(ctx.workspace_id, alice.workspace_id.to_string());
+        assert_eq!(ctx.ip, "127.0.0.1");
+        assert!(ctx.server_ts > 0 && !ctx.app_version.is_empty());
+        assert_eq!(uuid::Uuid::parse_str(&ctx.event_id).expect("uuid").get_version_num(), 7);
+    }
+}
+
+#[tokio::test]
+async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_back() {
+    let mut app = TestApp::start(&[]).await;
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    let alice = app.direct_user("Alice", None).await;
+    act(&app, &alice, 0).await;
+    wait_outbox_empty(&app, Duration::from_secs(10)).await;
+
+    app.nats.stop().await;
+    for n in 1..=30 {
+        act(&app, &alice, n).await;
+    }
+    assert!(app.outbox_depth().await > 0, "events wait in the outbox");
+    let metrics = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("fechatter_analytics_outbox_depth"), "{metrics}");
+    let ready = app.http.get(app.url("/ready")).send().await.expect("ready");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "NATS down shows in /ready");
+
+    app.nats.restart().await.expect("nats restarts");
+    wait_outbox_empty(&app, Duration::from_secs(60)).await;
+    let events = stream_events(&stream).await;
+    let ids: HashSet<&str> = events.iter().map(|(_, e)| e.event_id()).collect();
+    assert_eq!(events.len(), 31, "every event once");
+    assert_eq!(ids.len(), 31);
+}
+
+#[tokio::test]
+async fn two_relays_at_once_publish_every_event_once() {
+    let app = TestApp::start(&[("FECHATTER__ANALYTICS__BATCH_SIZE", "7")]).await;
+    let alice = app.direct_user("Alice", None).await;
+    // Fill the outbox while no stream exists (nothing can be published yet).
+    for n in 0..60 {
+        act(&app, &alice, n).await;
+    }
+    // A second instance on the same database: two relays compete for the rows.
+    let second = fechatter_server::startup::Application::build(
+        fechatter_server::config::Settings::load(None, app.env()).expect("settings"),
+    )
+    .await
+    .expect("second instance");
+    let token = tokio_util::sync::CancellationToken::new();
+    let handle = tokio::spawn(second.run_until_stopped(token.clone()));
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    wait_outbox_empty(&app, Duration::from_secs(30)).await;
+    let mut info = stream.clone();
+    assert_eq!(info.info().await.expect("info").state.messages, 60);
+    token.cancel();
+    let _ = handle.await;
+}
+
+#[tokio::test]
+async fn with_analytics_disabled_no_events_are_written() {
+    let app = TestApp::start(&[("FECHATTER__FEATURES__MESSAGING__ENABLED", "false")]).await;
+    let alice = app.direct_user("Alice", None).await;
+    act(&app, &alice, 0).await;
+    assert_eq!(app.outbox_depth().await, 0);
+}
