@@ -153,7 +153,10 @@ impl Settings {
             );
         }
         if self.auth.public_key_path.as_os_str().is_empty() {
-            return invalid("auth.public_key_path", "required: the matching Ed25519 public key PEM file");
+            return invalid(
+                "auth.public_key_path",
+                "required: the matching Ed25519 public key PEM file",
+            );
         }
         if self.analytics.batch_size == 0 {
             return invalid("analytics.batch_size", "must be at least 1");

@@ -94,7 +94,9 @@ impl IntoResponse for ApiError {
             .into_response();
         if let Self::Internal(err) = &self {
             tracing::error!(error = format!("{err:#}"), "request failed");
-            response.extensions_mut().insert(InternalErrorReport(format!("{err:#}")));
+            response
+                .extensions_mut()
+                .insert(InternalErrorReport(format!("{err:#}")));
         }
         response
     }

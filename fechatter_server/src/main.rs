@@ -38,14 +38,21 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
             let settings = Settings::from_env().context("Failed to load configuration")?;
             let pool = startup::connect_database(&settings).await?;
             let id = fechatter_server::seed::run(&pool).await.context("Failed to seed")?;
-            println!("development user {} (id {id}) ready", fechatter_server::seed::SUPER_EMAIL);
+            println!(
+                "development user {} (id {id}) ready",
+                fechatter_server::seed::SUPER_EMAIL
+            );
             Ok(())
         }
         Some(other) => anyhow::bail!("unknown command {other:?} (expected none, `seed` or `gen-keys DIR`)"),
         None => {
             let settings = Settings::from_env().context("Failed to load configuration")?;
-            let app = Application::build(settings).await.context("Failed to start fechatter_server")?;
-            app.run_until_stopped(shutdown::on_signals()).await.context("HTTP server failed")
+            let app = Application::build(settings)
+                .await
+                .context("Failed to start fechatter_server")?;
+            app.run_until_stopped(shutdown::on_signals())
+                .await
+                .context("HTTP server failed")
         }
     }
 }

@@ -64,9 +64,21 @@ impl Metrics {
             outbox_depth: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("http_requests", "HTTP requests by route, method and status", m.requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", m.latency.clone());
-        registry.register("analytics_events_written", "Analytics events written to the outbox", m.events_written.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            m.latency.clone(),
+        );
+        registry.register(
+            "analytics_events_written",
+            "Analytics events written to the outbox",
+            m.events_written.clone(),
+        );
         registry.register(
             "analytics_events_published",
             "Analytics events acknowledged by JetStream",
@@ -77,7 +89,11 @@ impl Metrics {
             "Analytics publish attempts that failed (the event stays in the outbox)",
             m.publish_failures.clone(),
         );
-        registry.register("analytics_outbox_depth", "Analytics events waiting in the outbox", m.outbox_depth.clone());
+        registry.register(
+            "analytics_outbox_depth",
+            "Analytics events waiting in the outbox",
+            m.outbox_depth.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -141,7 +141,10 @@ impl Application {
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         shutdown.cancel();
-        if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(15), tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("background tasks did not stop in time");
         }
         if let Some(nats) = &state.nats {

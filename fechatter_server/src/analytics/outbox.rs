@@ -26,9 +26,15 @@ pub const CHANNEL: &str = "analytics_outbox";
 pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
     let (Some(subject), Ok(event_id)) = (event.subject(), uuid::Uuid::parse_str(event.event_id())) else {
         // Events are built by `build_event`, which always sets both; refuse loudly rather than store junk.
-        return Err(sqlx::Error::Protocol("analytics event without type or UUID event_id".into()));
+        return Err(sqlx::Error::Protocol(
+            "analytics event without type or UUID event_id".into(),
+        ));
     };
-    let suffix = event.event_type.as_ref().map(|k| k.subject_suffix()).unwrap_or_default();
+    let suffix = event
+        .event_type
+        .as_ref()
+        .map(|k| k.subject_suffix())
+        .unwrap_or_default();
     tracing::debug!("📊 Queuing analytics event: {} for user: {}", suffix, event.user_id());
     sqlx::query("INSERT INTO analytics_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
         .bind(event_id)
@@ -36,14 +42,19 @@ pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<
         .bind(event.encode_to_vec())
         .execute(&mut *conn)
         .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     tracing::debug!("✅ Analytics event {} queued successfully", suffix);
     Ok(())
 }
 
 /// Rows waiting in the outbox.
 pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM analytics_outbox").fetch_one(pool).await
+    sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
+        .fetch_one(pool)
+        .await
 }
 
 /// Settings of the relay.

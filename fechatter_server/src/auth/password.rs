@@ -1,8 +1,8 @@
 //! Argon2id password hashing, run on the blocking pool: a hash takes tens of milliseconds of CPU, which would
 //! stall every other request on an async worker thread.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 
 /// Hashes `password` (PHC string with salt and parameters).
 pub async fn hash(password: String) -> anyhow::Result<String> {

@@ -36,7 +36,10 @@ pub struct JwtKeys {
 }
 
 fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl JwtKeys {
@@ -48,16 +51,22 @@ impl JwtKeys {
                 settings.private_key_path.display()
             )
         })?;
-        let public = std::fs::read(&settings.public_key_path)
-            .with_context(|| format!("Failed to read auth.public_key_path {}", settings.public_key_path.display()))?;
+        let public = std::fs::read(&settings.public_key_path).with_context(|| {
+            format!(
+                "Failed to read auth.public_key_path {}",
+                settings.public_key_path.display()
+            )
+        })?;
         Self::from_pem(&private, &public, &settings.issuer, settings.access_token_ttl_seconds)
     }
 
     /// Keys from PEM bytes.
     pub fn from_pem(private: &[u8], public: &[u8], issuer: &str, access_ttl_seconds: u64) -> anyhow::Result<Self> {
         Ok(Self {
-            encoding: EncodingKey::from_ed_pem(private).context("auth.private_key_path is not an Ed25519 PKCS#8 PEM")?,
-            decoding: DecodingKey::from_ed_pem(public).context("auth.public_key_path is not an Ed25519 public key PEM")?,
+            encoding: EncodingKey::from_ed_pem(private)
+                .context("auth.private_key_path is not an Ed25519 PKCS#8 PEM")?,
+            decoding: DecodingKey::from_ed_pem(public)
+                .context("auth.public_key_path is not an Ed25519 public key PEM")?,
             issuer: issuer.to_owned(),
             access_ttl_seconds,
         })
@@ -122,7 +131,10 @@ mod tests {
     fn an_issued_token_verifies_with_its_claims() {
         let k = keys(60);
         let claims = k.verify(&k.issue(42, 7).expect("issue")).expect("valid");
-        assert_eq!((claims.sub.as_str(), claims.ws, claims.iss.as_str()), ("42", 7, "fechatter"));
+        assert_eq!(
+            (claims.sub.as_str(), claims.ws, claims.iss.as_str()),
+            ("42", 7, "fechatter")
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         }
     };
     let ok = postgres["ok"] == true && nats["ok"] == true;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if ok { "ready" } else { "not_ready" },
         "checks": { "postgres": postgres, "nats": nats },

@@ -56,16 +56,22 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let started = std::time::Instant::now();
     let response = next.run(Request::from_parts(parts, body)).await;
     let status = response.status().as_u16();
-    state.metrics.requests.get_or_create(&RouteLabels { route: route.clone(), method, status }).inc();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method,
+            status,
+        })
+        .inc();
     state
         .metrics
         .latency
         .get_or_create(&RouteLabel { route: route.clone() })
         .observe(started.elapsed().as_secs_f64());
     if let (Some(report), Some(client)) = (response.extensions().get::<InternalErrorReport>(), client) {
-        let (user_id, workspace_id) = caller
-            .map(|c| (c.sub.parse().unwrap_or(0), c.ws))
-            .unwrap_or((0, 0));
+        let (user_id, workspace_id) = caller.map(|c| (c.sub.parse().unwrap_or(0), c.ws)).unwrap_or((0, 0));
         let kind = EventType::ErrorOccurred(ErrorOccurredEvent {
             error_type: "http_5xx".into(),
             error_code: status.to_string(),

@@ -1,0 +1,252 @@
+//! Message-send benchmark: `cargo run --release -p fechatter_server --example send_bench [-- --messages N --clients C]`.
+//!
+//! In one run, on private PostgreSQL and NATS servers started for it, it measures:
+//! 1. the raw PostgreSQL single-row INSERT + COMMIT rate with C connections (the machine's limit for this work),
+//! 2. `POST /api/chats/{id}/messages` with analytics off, then on (the event written to the outbox in the same
+//!    transaction, relayed to JetStream), with C concurrent clients,
+//! and prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5).
+
+use fechatter_server::auth::JwtKeys;
+use fechatter_server::config::Settings;
+use fechatter_server::startup::Application;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use test_support::{NatsServer, PostgresServer};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    messages: usize,
+    clients: usize,
+}
+
+fn args() -> Args {
+    let mut out = Args {
+        messages: 20_000,
+        clients: 16,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok());
+        match (pair[0].as_str(), value) {
+            ("--messages", Some(v)) => out.messages = v,
+            ("--clients", Some(v)) => out.clients = v,
+            _ => eprintln!("ignored argument {:?}", pair),
+        }
+    }
+    out
+}
+
+/// Sends/s and latency percentiles of one run.
+struct Figures {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn raw_insert_rate(url: &str, total: usize, clients: usize) -> anyhow::Result<Figures> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(clients)?)
+        .connect(url)
+        .await?;
+    sqlx::query("CREATE TABLE raw_bench (id BIGSERIAL PRIMARY KEY, chat_id BIGINT, sender_id BIGINT, content TEXT, created_at TIMESTAMPTZ DEFAULT now())")
+        .execute(&pool)
+        .await?;
+    let per = total / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                // Autocommit: each statement is its own transaction, committed before the next.
+                sqlx::query("INSERT INTO raw_bench (chat_id, sender_id, content) VALUES ($1, $2, $3)")
+                    .bind(1i64)
+                    .bind(c as i64)
+                    .bind(format!("message {i} from client {c}"))
+                    .execute(&pool)
+                    .await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, sqlx::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    Ok(Figures {
+        rate: all.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+    })
+}
+
+async fn api_send_rate(
+    postgres: &PostgresServer,
+    nats: &NatsServer,
+    keys_dir: &std::path::Path,
+    analytics: bool,
+    total: usize,
+    clients: usize,
+) -> anyhow::Result<(Figures, i64)> {
+    let db = postgres
+        .create_database(&format!("send_bench_{}", if analytics { "on" } else { "off" }))
+        .await?;
+    let files = tempfile::tempdir()?;
+    let vars: Vec<(String, String)> = [
+        ("FECHATTER__SERVER__HOST", "127.0.0.1".to_owned()),
+        ("FECHATTER__SERVER__PORT", "0".to_owned()),
+        ("FECHATTER__DATABASE__URL", db.clone()),
+        ("FECHATTER__DATABASE__MAX_CONNECTIONS", (clients + 4).to_string()),
+        ("FECHATTER__MESSAGING__NATS_URL", nats.url()),
+        ("FECHATTER__FEATURES__MESSAGING__ENABLED", analytics.to_string()),
+        ("FECHATTER__AUTH__PRIVATE_KEY_PATH", keys_dir.join("private.pem").display().to_string()),
+        ("FECHATTER__AUTH__PUBLIC_KEY_PATH", keys_dir.join("public.pem").display().to_string()),
+        ("FECHATTER__FILES__DIR", files.path().display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let app = Application::build(Settings::load(None, vars)?).await?;
+    let port = app.port();
+    let pool = app.state().pool.clone();
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(token.clone()));
+
+    // One workspace, one group chat with every client's user as a member.
+    let keys = JwtKeys::from_pem(
+        &std::fs::read(keys_dir.join("private.pem"))?,
+        &std::fs::read(keys_dir.join("public.pem"))?,
+        "fechatter",
+        3600,
+    )?;
+    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ('bench') RETURNING id").fetch_one(&pool).await?;
+    let mut users = Vec::new();
+    for c in 0..clients {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (workspace_id, fullname, email, password_hash) VALUES ($1, $2, $3, 'x') RETURNING id",
+        )
+        .bind(ws)
+        .bind(format!("client {c}"))
+        .bind(format!("client{c}@bench.local"))
+        .fetch_one(&pool)
+        .await?;
+        users.push((id, keys.issue(id, ws)?));
+    }
+    let chat: i64 = sqlx::query_scalar(
+        "INSERT INTO chats (workspace_id, name, chat_type, owner_id) VALUES ($1, 'bench', 'group', $2) RETURNING id",
+    )
+    .bind(ws)
+    .bind(users[0].0)
+    .fetch_one(&pool)
+    .await?;
+    for (id, _) in &users {
+        sqlx::query("INSERT INTO chat_members (chat_id, user_id) VALUES ($1, $2)")
+            .bind(chat)
+            .bind(id)
+            .execute(&pool)
+            .await?;
+    }
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
+    let url = Arc::new(format!("http://127.0.0.1:{port}/api/chats/{chat}/messages"));
+    let per = total / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, (_, token)) in users.into_iter().enumerate() {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                let response = http
+                    .post(url.as_str())
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "content": format!("message {i} from client {c} see https://x.y @bob") }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status().is_success(), "send failed: {}", response.status());
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let outbox_left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_outbox").fetch_one(&pool).await?;
+    token.cancel();
+    let _ = handle.await;
+    Ok((
+        Figures {
+            rate: all.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: percentile(&all, 0.5),
+            p99_ms: percentile(&all, 0.99),
+        },
+        outbox_left,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Args { messages, clients } = args();
+    println!("send_bench: {messages} messages, {clients} concurrent clients");
+    let (postgres, nats) = tokio::join!(PostgresServer::start(), NatsServer::start());
+    let (postgres, nats) = (postgres?, nats?);
+    let client = async_nats::connect(nats.url()).await?;
+    async_nats::jetstream::new(client)
+        .get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "ANALYTICS".into(),
+            subjects: vec!["fechatter.analytics.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    let keys_dir = tempfile::tempdir()?;
+    let (private, public) = fechatter_server::auth::tokens::generate_key_pair()?;
+    std::fs::write(keys_dir.path().join("private.pem"), private)?;
+    std::fs::write(keys_dir.path().join("public.pem"), public)?;
+
+    let raw_db = postgres.create_database("raw_bench").await?;
+    let raw = raw_insert_rate(&raw_db, messages, clients).await?;
+    let (off, _) = api_send_rate(&postgres, &nats, keys_dir.path(), false, messages, clients).await?;
+    let (on, outbox_left) = api_send_rate(&postgres, &nats, keys_dir.path(), true, messages, clients).await?;
+
+    println!();
+    println!("| measurement                               |  per second |  p50 ms |  p99 ms |");
+    println!("|-------------------------------------------|------------:|--------:|--------:|");
+    for (name, f) in [
+        ("raw PostgreSQL INSERT + COMMIT (1 row)", &raw),
+        ("POST message, analytics off", &off),
+        ("POST message, analytics on (outbox)", &on),
+    ] {
+        println!("| {name:<41} | {:>11.0} | {:>7.2} | {:>7.2} |", f.rate, f.p50_ms, f.p99_ms);
+    }
+    let on_off = on.rate / off.rate;
+    let on_raw = on.rate / raw.rate;
+    println!();
+    println!(
+        "analytics on / off     = {on_off:.2} (target >= 0.90) {}",
+        if on_off >= 0.9 { "met" } else { "TARGET MISSED" }
+    );
+    println!(
+        "analytics on / raw     = {on_raw:.2} (target >= 0.50) {}",
+        if on_raw >= 0.5 { "met" } else { "TARGET MISSED" }
+    );
+    println!("outbox rows left when sending stopped: {outbox_left}");
+    Ok(())
+}
