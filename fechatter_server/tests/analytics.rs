@@ -120,3 +120,46 @@ async fn with_analytics_disabled_no_events_are_written() {
     act(&app, &alice, 0).await;
     assert_eq!(app.outbox_depth().await, 0);
 }
+
+#[tokio::test]
+async fn a_5xx_answer_is_opaque_and_recorded_as_error_occurred() {
+    let app = TestApp::start(&[]).await;
+    let alice = app.direct_user("Alice", None).await;
+    // Break the storage behind one route: the next upload fails inside the server.
+    sqlx::query("DROP TABLE files").execute(&app.pool).await.expect("drop");
+    let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("x.txt"));
+    let (status, body) = app
+        .send(app.request(reqwest::Method::POST, "/api/upload", &alice).multipart(form))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body, serde_json::json!({"error": "internal", "message": "internal error"}), "no detail leaks");
+    let errors = app.outbox_events("fechatter.analytics.error.occurred").await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].user_id(), alice.id.to_string());
+    let Some(fechatter_protos::v1::analytics_event::EventType::ErrorOccurred(e)) = &errors[0].event_type else {
+        panic!("not an error_occurred event");
+    };
+    assert_eq!(e.error_code, "500");
+    assert!(e.context.starts_with("/api/upload"), "{}", e.context);
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_its_ui_are_served() {
+    let app = TestApp::start(&[]).await;
+    let doc: serde_json::Value = app
+        .http
+        .get(app.url("/api-docs/openapi.json"))
+        .send()
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    for path in ["/api/upload", "/api/files/{workspace_id}/{sha256}"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the document");
+    }
+    let ui = app.http.get(app.url("/swagger-ui/")).send().await.expect("ui");
+    assert_eq!(ui.status(), StatusCode::OK);
+    assert!(ui.text().await.expect("html").contains("swagger"), "the UI page is served");
+}
