@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs Fechatter's analytics pipeline on this machine without Docker: installs missing servers from the
-# distribution, starts NATS (JetStream) on 4222 and ClickHouse on 8123 — reusing ones already running and
-# healthy — then builds and starts analytics_server on 6690.
+# Runs Fechatter on this machine without Docker: installs missing servers from the distribution, starts NATS
+# (JetStream) on 4222, PostgreSQL on 5432 and ClickHouse on 8123 — reusing ones already running and healthy —
+# then builds and starts analytics_server (6690) and fechatter_server (6688), applies the development seed
+# (super@none.org / password123) and prints the URLs and the sign-in curl.
 #
 # Usage: scripts/run-local.sh          start (foreground: ctrl-c stops what this script started)
 #        scripts/run-local.sh stop     stop what an earlier run started in the background (--detach)
@@ -16,13 +17,16 @@ NATS_MONITOR_PORT=${NATS_MONITOR_PORT:-8222}
 CLICKHOUSE_HTTP_PORT=${CLICKHOUSE_HTTP_PORT:-8123}
 CLICKHOUSE_TCP_PORT=${CLICKHOUSE_TCP_PORT:-9000}
 ANALYTICS_PORT=${ANALYTICS_PORT:-6690}
+CHAT_PORT=${CHAT_PORT:-6688}
+PG_PORT=${PG_PORT:-5432}
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 mkdir -p "$STATE_DIR/pids" "$STATE_DIR/logs"
 
 ok() { printf '✅ %s\n' "$*"; }
 fail() { printf '❌ %s\n' "$*" >&2; exit 1; }
 
 stop_started() {
-    local pidfile name pid
+    local pidfile name pid pgdata
     for pidfile in "$STATE_DIR"/pids/*.pid; do
         [ -e "$pidfile" ] || continue
         name=$(basename "$pidfile" .pid)
@@ -32,6 +36,17 @@ stop_started() {
             for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         fi
         rm -f "$pidfile"
+    done
+    for pidfile in "$STATE_DIR"/pids/*.pgctl; do
+        [ -e "$pidfile" ] || continue
+        pgdata=$(cut -d: -f2- "$pidfile")
+        if [ "$(id -u)" = 0 ]; then
+            runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
+        else
+            "$PG_BIN/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
+        fi
+        rm -f "$pidfile"
+        ok "stopped PostgreSQL ($pgdata)"
     done
 }
 
@@ -101,7 +116,27 @@ XML
     ok "ClickHouse started on $CLICKHOUSE_HTTP_PORT (data $CH/data)"
 fi
 
-cargo build --release -p analytics_server --bin analytics_server
+# PostgreSQL: reuse a server answering on the port, else start a private cluster.
+if pg_isready -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1; then
+    ok "PostgreSQL already running on $PG_PORT (reused)"
+else
+    PGDATA_DIR=$STATE_DIR/postgres
+    as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+    if [ ! -s "$PGDATA_DIR/PG_VERSION" ]; then
+        mkdir -p "$PGDATA_DIR"
+        [ "$(id -u)" = 0 ] && chown postgres "$PGDATA_DIR"
+        as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -A trust -U postgres >"$STATE_DIR/logs/initdb.log"
+    fi
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$STATE_DIR/logs/postgres.log" \
+        -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1" -w start >/dev/null
+    echo "pg_ctl:$PGDATA_DIR" >"$STATE_DIR/pids/postgres.pgctl"
+    ok "PostgreSQL started on $PG_PORT (data $PGDATA_DIR)"
+fi
+DATABASE_URL=${FECHATTER__DATABASE__URL:-postgres://postgres@127.0.0.1:$PG_PORT/fechatter}
+psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'fechatter'" | grep -q 1 ||
+    psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE fechatter"
+
+cargo build --release -p analytics_server -p fechatter_server --bins
 ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL=${ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL:-nats://127.0.0.1:$NATS_PORT} \
 ANALYTICS__CLICKHOUSE__URL=${ANALYTICS__CLICKHOUSE__URL:-http://127.0.0.1:$CLICKHOUSE_HTTP_PORT} \
 ANALYTICS__SERVER__PORT=$ANALYTICS_PORT \
@@ -109,14 +144,36 @@ ANALYTICS__SERVER__PORT=$ANALYTICS_PORT \
 wait_for "analytics_server" curl -fsS "http://127.0.0.1:$ANALYTICS_PORT/health"
 ok "analytics_server started on $ANALYTICS_PORT"
 
+# Signing keys are generated once per machine and never committed.
+if [ ! -s "$STATE_DIR/keys/private.pem" ]; then
+    target/release/fechatter_server gen-keys "$STATE_DIR/keys" >/dev/null
+    chmod 600 "$STATE_DIR/keys/private.pem"
+fi
+export FECHATTER__DATABASE__URL=$DATABASE_URL
+export FECHATTER__MESSAGING__NATS_URL=${FECHATTER__MESSAGING__NATS_URL:-nats://127.0.0.1:$NATS_PORT}
+export FECHATTER__AUTH__PRIVATE_KEY_PATH=$STATE_DIR/keys/private.pem
+export FECHATTER__AUTH__PUBLIC_KEY_PATH=$STATE_DIR/keys/public.pem
+export FECHATTER__FILES__DIR=${FECHATTER__FILES__DIR:-$STATE_DIR/files}
+export FECHATTER__SERVER__PORT=$CHAT_PORT
+target/release/fechatter_server seed
+start_bg fechatter_server "$STATE_DIR/logs/fechatter_server.log" target/release/fechatter_server
+wait_for "fechatter_server" curl -fsS "http://127.0.0.1:$CHAT_PORT/health"
+ok "fechatter_server started on $CHAT_PORT"
+
 cat <<TXT
 
+  fechatter_server  http://127.0.0.1:$CHAT_PORT/health   /ready   /metrics   /swagger-ui
   analytics_server  http://127.0.0.1:$ANALYTICS_PORT/health   /ready   /metrics
   NATS              nats://127.0.0.1:$NATS_PORT (monitoring http://127.0.0.1:$NATS_MONITOR_PORT/jsz)
   ClickHouse        http://127.0.0.1:$CLICKHOUSE_HTTP_PORT
+  PostgreSQL        $DATABASE_URL
   Logs              $STATE_DIR/logs/
 
-  Send an event:
+  Sign in as the development user (a user_login row lands in ClickHouse within flush_interval_seconds):
+    curl -X POST http://127.0.0.1:$CHAT_PORT/api/signin -H "Content-Type: application/json" \
+      -d '{"email": "super@none.org", "password": "password123"}'
+
+  Send an event from a client app:
     curl -X POST http://127.0.0.1:$ANALYTICS_PORT/api/event -H 'Content-Type: application/json' \\
       -d '{"context": {"userId": "123"}, "userLogin": {"email": "super@none.org", "loginMethod": "password"}}'
   See it in ClickHouse:
@@ -129,6 +186,6 @@ if [ "$DETACH" = 1 ]; then
     exit 0
 fi
 trap 'echo; stop_started; exit 0' INT TERM
-echo "Following the analytics_server log; ctrl-c stops what this script started."
-tail -n +1 -f "$STATE_DIR/logs/analytics_server.log" &
+echo "Following the service logs; ctrl-c stops what this script started."
+tail -n 0 -f "$STATE_DIR/logs/analytics_server.log" "$STATE_DIR/logs/fechatter_server.log" &
 wait
