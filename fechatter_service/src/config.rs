@@ -128,7 +128,8 @@ pub fn from_tree<T: DeserializeOwned>(
 /// Sets `path` in `tree` to `raw`, creating sections on the way.
 ///
 /// The new value keeps the type of the value it replaces when that was a string (so a password of `12345`
-/// stays a string); otherwise the text is read as a YAML scalar (`true`, `100`, `2.5`, or a string).
+/// stays a string) or a list (comma-separated items); otherwise the text is read as a YAML scalar (`true`,
+/// `100`, `2.5`, or a string).
 fn set_path(tree: &mut Value, path: &[String], raw: &str, variable: &str) -> Result<(), ConfigError> {
     let mut node = tree;
     for (depth, part) in path.iter().enumerate() {
@@ -146,6 +147,14 @@ fn set_path(tree: &mut Value, path: &[String], raw: &str, variable: &str) -> Res
     }
     *node = match node {
         Value::String(_) => Value::String(raw.to_owned()),
+        // Lists come comma-separated: FECHATTER__SERVER__CORS_ORIGINS=https://a.example,https://b.example
+        Value::Sequence(_) => Value::Sequence(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(scalar)
+                .collect(),
+        ),
         _ => scalar(raw),
     };
     Ok(())
@@ -231,6 +240,18 @@ mod tests {
         }
         let err = from_tree::<Outer>(t, "APP", env(&[])).expect_err("unknown key");
         assert!(err.to_string().contains("bach_size"), "{err}");
+    }
+
+    #[test]
+    fn a_list_is_overridden_by_comma_separated_items() {
+        #[derive(Debug, Deserialize)]
+        struct Lists {
+            origins: Vec<String>,
+        }
+        let tree: Value = serde_norway::from_str("origins: [a]").expect("yaml");
+        let cfg: Lists = from_tree(tree, "APP", env(&[("APP__ORIGINS", "https://x.example, https://y.example")]))
+            .expect("valid");
+        assert_eq!(cfg.origins, vec!["https://x.example", "https://y.example"]);
     }
 
     #[test]
