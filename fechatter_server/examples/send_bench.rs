@@ -3,8 +3,9 @@
 //! In one run, on private PostgreSQL and NATS servers started for it, it measures:
 //! 1. the raw PostgreSQL single-row INSERT + COMMIT rate with C connections (the machine's limit for this work),
 //! 2. `POST /api/chats/{id}/messages` with analytics off, then on (the event written to the outbox in the same
-//!    transaction, relayed to JetStream), with C concurrent clients,
-//! and prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5).
+//!    transaction, relayed to JetStream), with C concurrent clients.
+//!
+//! It prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5).
 
 use fechatter_server::auth::JwtKeys;
 use fechatter_server::config::Settings;
