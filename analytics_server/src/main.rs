@@ -2,8 +2,8 @@
 
 use analytics_server::config::Settings;
 use analytics_server::startup::Application;
-use fechatter_service::{shutdown, telemetry};
 use anyhow::Context;
+use fechatter_service::{shutdown, telemetry};
 use std::process::ExitCode;
 
 #[tokio::main]

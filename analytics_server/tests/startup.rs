@@ -15,7 +15,10 @@ fn an_unknown_key_stops_start_up_naming_it_and_its_variable() {
     let (ok, stderr) = run_with(&[("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URI", "nats://x:4222")]);
     assert!(!ok);
     assert!(stderr.contains("integrations.messaging.nats_uri"), "{stderr}");
-    assert!(stderr.contains("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URI"), "{stderr}");
+    assert!(
+        stderr.contains("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URI"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -113,8 +113,14 @@ async fn api_send_rate(
         ("FECHATTER__DATABASE__MAX_CONNECTIONS", (clients + 4).to_string()),
         ("FECHATTER__MESSAGING__NATS_URL", nats.url()),
         ("FECHATTER__FEATURES__MESSAGING__ENABLED", analytics.to_string()),
-        ("FECHATTER__AUTH__PRIVATE_KEY_PATH", keys_dir.join("private.pem").display().to_string()),
-        ("FECHATTER__AUTH__PUBLIC_KEY_PATH", keys_dir.join("public.pem").display().to_string()),
+        (
+            "FECHATTER__AUTH__PRIVATE_KEY_PATH",
+            keys_dir.join("private.pem").display().to_string(),
+        ),
+        (
+            "FECHATTER__AUTH__PUBLIC_KEY_PATH",
+            keys_dir.join("public.pem").display().to_string(),
+        ),
         ("FECHATTER__FILES__DIR", files.path().display().to_string()),
     ]
     .into_iter()
@@ -133,7 +139,9 @@ async fn api_send_rate(
         "fechatter",
         3600,
     )?;
-    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ('bench') RETURNING id").fetch_one(&pool).await?;
+    let ws: i64 = sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ('bench') RETURNING id")
+        .fetch_one(&pool)
+        .await?;
     let mut users = Vec::new();
     for c in 0..clients {
         let id: i64 = sqlx::query_scalar(
@@ -175,7 +183,9 @@ async fn api_send_rate(
                 let response = http
                     .post(url.as_str())
                     .bearer_auth(&token)
-                    .json(&serde_json::json!({ "content": format!("message {i} from client {c} see https://x.y @bob") }))
+                    .json(
+                        &serde_json::json!({ "content": format!("message {i} from client {c} see https://x.y @bob") }),
+                    )
                     .send()
                     .await?;
                 anyhow::ensure!(response.status().is_success(), "send failed: {}", response.status());
@@ -190,7 +200,9 @@ async fn api_send_rate(
     }
     let elapsed = started.elapsed();
     all.sort();
-    let outbox_left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_outbox").fetch_one(&pool).await?;
+    let outbox_left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
+        .fetch_one(&pool)
+        .await?;
     token.cancel();
     let _ = handle.await;
     Ok((
@@ -235,7 +247,10 @@ async fn main() -> anyhow::Result<()> {
         ("POST message, analytics off", &off),
         ("POST message, analytics on (outbox)", &on),
     ] {
-        println!("| {name:<41} | {:>11.0} | {:>7.2} | {:>7.2} |", f.rate, f.p50_ms, f.p99_ms);
+        println!(
+            "| {name:<41} | {:>11.0} | {:>7.2} | {:>7.2} |",
+            f.rate, f.p50_ms, f.p99_ms
+        );
     }
     let on_off = on.rate / off.rate;
     let on_raw = on.rate / raw.rate;

@@ -14,7 +14,10 @@ use test_support::wait_until;
 
 /// One user action that writes one analytics event (`file_uploaded`).
 async fn act(app: &TestApp, user: &User, n: usize) {
-    let form = Form::new().part("file", Part::bytes(format!("file {n}").into_bytes()).file_name(format!("{n}.txt")));
+    let form = Form::new().part(
+        "file",
+        Part::bytes(format!("file {n}").into_bytes()).file_name(format!("{n}.txt")),
+    );
     let (status, body) = app
         .send(app.request(reqwest::Method::POST, "/api/upload", user).multipart(form))
         .await;
@@ -27,7 +30,11 @@ async fn stream_events(stream: &async_nats::jetstream::stream::Stream) -> Vec<(S
     let mut out = Vec::new();
     for seq in 1..=last {
         if let Ok(m) = stream.get_raw_message(seq).await {
-            let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()).unwrap_or_default();
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
             out.push((id, AnalyticsEvent::decode(m.payload).expect("decodes")));
         }
     }
@@ -35,9 +42,11 @@ async fn stream_events(stream: &async_nats::jetstream::stream::Stream) -> Vec<(S
 }
 
 async fn wait_outbox_empty(app: &TestApp, timeout: Duration) {
-    wait_until("outbox drained", timeout, || async { (app.outbox_depth().await == 0).then_some(()) })
-        .await
-        .unwrap_or_else(|_| panic!("outbox still holds rows"));
+    wait_until("outbox drained", timeout, || async {
+        (app.outbox_depth().await == 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("outbox still holds rows"));
 }
 
 #[tokio::test]
@@ -76,10 +85,22 @@ async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_b
         act(&app, &alice, n).await;
     }
     assert!(app.outbox_depth().await > 0, "events wait in the outbox");
-    let metrics = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     assert!(metrics.contains("fechatter_analytics_outbox_depth"), "{metrics}");
     let ready = app.http.get(app.url("/ready")).send().await.expect("ready");
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "NATS down shows in /ready");
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NATS down shows in /ready"
+    );
 
     app.nats.restart().await.expect("nats restarts");
     wait_outbox_empty(&app, Duration::from_secs(60)).await;
@@ -129,10 +150,17 @@ async fn a_5xx_answer_is_opaque_and_recorded_as_error_occurred() {
     sqlx::query("DROP TABLE files").execute(&app.pool).await.expect("drop");
     let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("x.txt"));
     let (status, body) = app
-        .send(app.request(reqwest::Method::POST, "/api/upload", &alice).multipart(form))
+        .send(
+            app.request(reqwest::Method::POST, "/api/upload", &alice)
+                .multipart(form),
+        )
         .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(body, serde_json::json!({"error": "internal", "message": "internal error"}), "no detail leaks");
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "internal", "message": "internal error"}),
+        "no detail leaks"
+    );
     let errors = app.outbox_events("fechatter.analytics.error.occurred").await;
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].user_id(), alice.id.to_string());
@@ -161,5 +189,8 @@ async fn the_openapi_document_and_its_ui_are_served() {
     }
     let ui = app.http.get(app.url("/swagger-ui/")).send().await.expect("ui");
     assert_eq!(ui.status(), StatusCode::OK);
-    assert!(ui.text().await.expect("html").contains("swagger"), "the UI page is served");
+    assert!(
+        ui.text().await.expect("html").contains("swagger"),
+        "the UI page is served"
+    );
 }

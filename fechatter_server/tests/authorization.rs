@@ -32,12 +32,18 @@ async fn world(app: &TestApp) -> World {
     assert_eq!(status, StatusCode::CREATED, "{chat}");
     let chat_id = chat["id"].as_i64().expect("chat id");
     let (status, message) = app
-        .post(&format!("/api/chats/{chat_id}/messages"), &owner, json!({"content": "launch at dawn"}))
+        .post(
+            &format!("/api/chats/{chat_id}/messages"),
+            &owner,
+            json!({"content": "launch at dawn"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{message}");
     let message_id = message["id"].as_i64().expect("message id");
-    let form = reqwest::multipart::Form::new()
-        .part("file", reqwest::multipart::Part::bytes(b"plan".to_vec()).file_name("plan.txt"));
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"plan".to_vec()).file_name("plan.txt"),
+    );
     let (status, uploaded) = app
         .send(app.request(Method::POST, "/api/upload", &owner).multipart(form))
         .await;
@@ -57,14 +63,30 @@ fn chat_routes(w: &World) -> Vec<(Method, String, Option<Value>)> {
     let (c, m) = (w.chat_id, w.message_id);
     vec![
         (Method::GET, format!("/api/chats/{c}"), None),
-        (Method::PATCH, format!("/api/chats/{c}"), Some(json!({"name": "mine now"}))),
+        (
+            Method::PATCH,
+            format!("/api/chats/{c}"),
+            Some(json!({"name": "mine now"})),
+        ),
         (Method::DELETE, format!("/api/chats/{c}"), None),
         (Method::GET, format!("/api/chats/{c}/members"), None),
-        (Method::POST, format!("/api/chats/{c}/members"), Some(json!({"user_ids": [w.owner.id]}))),
+        (
+            Method::POST,
+            format!("/api/chats/{c}/members"),
+            Some(json!({"user_ids": [w.owner.id]})),
+        ),
         (Method::DELETE, format!("/api/chats/{c}/members/{}", w.owner.id), None),
         (Method::GET, format!("/api/chats/{c}/messages"), None),
-        (Method::POST, format!("/api/chats/{c}/messages"), Some(json!({"content": "hi"}))),
-        (Method::PATCH, format!("/api/chats/{c}/messages/{m}"), Some(json!({"content": "edited"}))),
+        (
+            Method::POST,
+            format!("/api/chats/{c}/messages"),
+            Some(json!({"content": "hi"})),
+        ),
+        (
+            Method::PATCH,
+            format!("/api/chats/{c}/messages/{m}"),
+            Some(json!({"content": "edited"})),
+        ),
         (Method::DELETE, format!("/api/chats/{c}/messages/{m}"), None),
         (Method::GET, format!("/api/chats/{c}/messages/search?q=dawn"), None),
     ]
@@ -86,7 +108,12 @@ async fn outsiders_get_404_on_every_chat_message_member_and_file_route() {
     for outsider in [&w.same_workspace_outsider, &w.other_workspace] {
         for (method, path, body) in chat_routes(&w) {
             let (status, answer) = call(&app, outsider, method.clone(), &path, &body).await;
-            assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path} as {}: {answer}", outsider.email);
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{method} {path} as {}: {answer}",
+                outsider.email
+            );
             assert_eq!(answer["error"], "not_found", "{method} {path}: {answer}");
             assert!(!answer.to_string().contains("dawn"), "nothing leaks: {answer}");
             checked += 1;
@@ -118,13 +145,21 @@ async fn every_protected_route_needs_a_valid_token() {
     let mut routes = chat_routes(&w);
     routes.extend([
         (Method::GET, "/api/chats".to_owned(), None),
-        (Method::POST, "/api/chats".to_owned(), Some(json!({"name": "x", "chat_type": "group", "members": []}))),
+        (
+            Method::POST,
+            "/api/chats".to_owned(),
+            Some(json!({"name": "x", "chat_type": "group", "members": []})),
+        ),
         (Method::GET, "/api/users".to_owned(), None),
         (Method::GET, "/api/users/me".to_owned(), None),
         (Method::GET, w.file_url.clone(), None),
         (Method::POST, "/api/upload".to_owned(), None),
         (Method::GET, "/api/events".to_owned(), None),
-        (Method::POST, "/api/logout".to_owned(), Some(json!({"refresh_token": "x"}))),
+        (
+            Method::POST,
+            "/api/logout".to_owned(),
+            Some(json!({"refresh_token": "x"})),
+        ),
     ]);
     let forged = User {
         access_token: "eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.".into(),
@@ -136,8 +171,16 @@ async fn every_protected_route_needs_a_valid_token() {
             request = request.json(body);
         }
         let (status, answer) = app.send(request).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without a token: {answer}");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token: {answer}"
+        );
         let (status, answer) = call(&app, &forged, method.clone(), &path, &body).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with a forged token: {answer}");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a forged token: {answer}"
+        );
     }
 }

@@ -35,7 +35,9 @@ impl Ingester {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let settings = analytics_server::config::Settings::load(None, vars).expect("settings");
-        let ingester = analytics_server::startup::Application::build(settings).await.expect("ingester starts");
+        let ingester = analytics_server::startup::Application::build(settings)
+            .await
+            .expect("ingester starts");
         let token = CancellationToken::new();
         tokio::spawn(ingester.run_until_stopped(token.clone()));
         Ingester {
@@ -89,7 +91,10 @@ async fn the_seed_sign_in_lands_in_clickhouse_as_user_login_with_that_user() {
     let payload = ingester
         .scalar("SELECT payload FROM {db}.analytics_events FINAL WHERE event_type = 'user_login'")
         .await;
-    assert!(payload.contains("super@none.org") && payload.contains("password"), "{payload}");
+    assert!(
+        payload.contains("super@none.org") && payload.contains("password"),
+        "{payload}"
+    );
 }
 
 #[tokio::test]
@@ -122,6 +127,9 @@ async fn events_written_while_nats_was_down_land_in_clickhouse_exactly_once() {
 }
 
 fn upload(app: &TestApp, user: &common::User, n: usize) -> reqwest::RequestBuilder {
-    let form = Form::new().part("file", Part::bytes(format!("payload {n}").into_bytes()).file_name("f.txt"));
+    let form = Form::new().part(
+        "file",
+        Part::bytes(format!("payload {n}").into_bytes()).file_name("f.txt"),
+    );
     app.request(reqwest::Method::POST, "/api/upload", user).multipart(form)
 }

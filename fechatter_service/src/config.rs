@@ -249,8 +249,12 @@ mod tests {
             origins: Vec<String>,
         }
         let tree: Value = serde_norway::from_str("origins: [a]").expect("yaml");
-        let cfg: Lists = from_tree(tree, "APP", env(&[("APP__ORIGINS", "https://x.example, https://y.example")]))
-            .expect("valid");
+        let cfg: Lists = from_tree(
+            tree,
+            "APP",
+            env(&[("APP__ORIGINS", "https://x.example, https://y.example")]),
+        )
+        .expect("valid");
         assert_eq!(cfg.origins, vec!["https://x.example", "https://y.example"]);
     }
 

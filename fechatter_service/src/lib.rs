@@ -5,4 +5,4 @@ pub mod config;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{load, ConfigError};
+pub use config::{ConfigError, load};

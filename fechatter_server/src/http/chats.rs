@@ -1,9 +1,193 @@
-//! The `chats` routes. (Being implemented.)
+//! The `chats` routes: create, list, view, rename and delete chats.
+//!
+//! Outsiders get 404 for a chat, as if it did not exist ([`crate::chat::policy`]); users of the workspace may
+//! view a `public_channel` they are not a member of. Renaming and deleting are the owner's (403 for others).
 
+use crate::analytics::ClientInfo;
+use crate::auth::AuthUser;
+use crate::chat::{Chat, ChatType, store, validate};
+use crate::error::ApiError;
+use crate::http::extract::{ApiJson, ApiPath};
+use crate::live::{self, LiveKind, Notice};
 use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use fechatter_protos::v1::ChatCreatedEvent;
+use fechatter_protos::v1::analytics_event::EventType;
+use serde::Deserialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(create_chat, list_chats))
+        .routes(routes!(get_chat, update_chat, delete_chat))
+}
+
+/// A new chat.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateChat {
+    /// Display name, 1 to 100 characters (trimmed).
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+    /// Kind of chat.
+    pub chat_type: ChatType,
+    /// Users of the caller's workspace to add besides the caller (exactly one for `single`), at most 500.
+    #[serde(default)]
+    pub members: Vec<i64>,
+}
+
+/// A chat's new name.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateChat {
+    /// Display name, 1 to 100 characters (trimmed).
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: String,
+}
+
+/// Creates a chat owned by the caller, who is always a member.
+#[utoipa::path(
+    post,
+    path = "/api/chats",
+    tag = "chats",
+    request_body = CreateChat,
+    responses(
+        (status = 201, description = "Created", body = Chat),
+        (status = 400, description = "Invalid name or members; members outside the caller's workspace are named"),
+        (status = 401, description = "Missing or invalid access token"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_chat(
+    State(state): State<AppState>,
+    user: AuthUser,
+    client: ClientInfo,
+    ApiJson(body): ApiJson<CreateChat>,
+) -> Result<(StatusCode, Json<Chat>), ApiError> {
+    let name = validate::chat_name(&body.name)?;
+    let others = validate::initial_members(user.user_id, body.chat_type, &body.members)?;
+    let mut tx = state.pool.begin().await?;
+    let strangers = store::not_in_workspace(&mut tx, &others, user.workspace_id).await?;
+    if !strangers.is_empty() {
+        return Err(validate::unknown_users(&strangers));
+    }
+    let chat = store::create_chat(&mut tx, user, &name, body.chat_type, &others).await?;
+    let kind = EventType::ChatCreated(ChatCreatedEvent {
+        workspace_id: user.workspace_id.to_string(),
+        chat_type: body.chat_type.as_str().to_owned(),
+        initial_members_count: i32::try_from(chat.members.len()).unwrap_or(i32::MAX),
+    });
+    state
+        .analytics
+        .record(&mut tx, kind, &client.context(user.user_id, user.workspace_id))
+        .await?;
+    // Every member's open streams learn of the chat (and start passing its messages).
+    live::notify(
+        &mut tx,
+        &Notice::members(LiveKind::MemberJoined, chat.id, &chat.members),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::debug!(chat_id = chat.id, chat_type = chat.chat_type.as_str(), "chat created");
+    Ok((StatusCode::CREATED, Json(chat)))
+}
+
+/// The caller's chats, most recently active first.
+#[utoipa::path(
+    get,
+    path = "/api/chats",
+    tag = "chats",
+    responses(
+        (status = 200, description = "The chats the caller is a member of", body = Vec<Chat>),
+        (status = 401, description = "Missing or invalid access token"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_chats(State(state): State<AppState>, user: AuthUser) -> Result<Json<Vec<Chat>>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    Ok(Json(store::chats_of(&mut conn, user).await?))
+}
+
+/// One chat.
+#[utoipa::path(
+    get,
+    path = "/api/chats/{id}",
+    tag = "chats",
+    params(("id" = i64, Path, description = "Chat id")),
+    responses(
+        (status = 200, description = "The chat", body = Chat),
+        (status = 401, description = "Missing or invalid access token"),
+        (status = 404, description = "No such chat visible to the caller"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_chat(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(chat_id): ApiPath<i64>,
+) -> Result<Json<Chat>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    store::access(&mut conn, chat_id, user).await?;
+    Ok(Json(store::chat(&mut conn, chat_id).await?))
+}
+
+/// Renames a chat (owner only).
+#[utoipa::path(
+    patch,
+    path = "/api/chats/{id}",
+    tag = "chats",
+    params(("id" = i64, Path, description = "Chat id")),
+    request_body = UpdateChat,
+    responses(
+        (status = 200, description = "The renamed chat", body = Chat),
+        (status = 400, description = "Invalid name"),
+        (status = 401, description = "Missing or invalid access token"),
+        (status = 403, description = "The caller is not the owner"),
+        (status = 404, description = "No such chat visible to the caller"),
+    ),
+    security(("bearer" = []))
+)]
+async fn update_chat(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(chat_id): ApiPath<i64>,
+    ApiJson(body): ApiJson<UpdateChat>,
+) -> Result<Json<Chat>, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    store::access(&mut tx, chat_id, user).await?.require_owner()?;
+    let name = validate::chat_name(&body.name)?;
+    let chat = store::rename_chat(&mut tx, chat_id, &name).await?;
+    live::notify(&mut tx, &Notice::chat(LiveKind::ChatUpdated, chat_id)).await?;
+    tx.commit().await?;
+    Ok(Json(chat))
+}
+
+/// Deletes a chat with its messages (owner only).
+#[utoipa::path(
+    delete,
+    path = "/api/chats/{id}",
+    tag = "chats",
+    params(("id" = i64, Path, description = "Chat id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid access token"),
+        (status = 403, description = "The caller is not the owner"),
+        (status = 404, description = "No such chat visible to the caller"),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_chat(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(chat_id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    store::access(&mut tx, chat_id, user).await?.require_owner()?;
+    store::delete_chat(&mut tx, chat_id).await?;
+    live::notify(&mut tx, &Notice::chat(LiveKind::ChatDeleted, chat_id)).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,626 @@
+//! The `chats` and `members` routes against real PostgreSQL and NATS servers: creating, listing, viewing,
+//! renaming and deleting chats, adding, joining, removing and leaving, with the rows and analytics outbox rows
+//! each change leaves; and the refusals — owner-only changes (403) and outsiders, of another workspace or of
+//! the same one, who get the same 404 on every route about a chat as for a chat that does not exist.
+
+mod common;
+
+use common::{TestApp, User};
+use fechatter_protos::v1::AnalyticsEvent;
+use fechatter_protos::v1::analytics_event::EventType;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The analytics events in the outbox on `subject` (e.g. `chat.created`), oldest first. Nothing relays them:
+/// the test NATS server has no ANALYTICS stream, so every publish fails and the rows stay.
+async fn outbox(app: &TestApp, subject: &str) -> Vec<AnalyticsEvent> {
+    app.outbox_events(&format!("fechatter.analytics.{subject}")).await
+}
+
+async fn create(app: &TestApp, owner: &User, name: &str, chat_type: &str, members: &[&User]) -> i64 {
+    let ids: Vec<i64> = members.iter().map(|u| u.id).collect();
+    let (status, chat) = app
+        .post(
+            "/api/chats",
+            owner,
+            json!({ "name": name, "chat_type": chat_type, "members": ids }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{chat}");
+    chat["id"].as_i64().expect("id")
+}
+
+async fn member_ids(app: &TestApp, chat_id: i64) -> Vec<i64> {
+    sqlx::query_scalar("SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id")
+        .bind(chat_id)
+        .fetch_all(&app.pool)
+        .await
+        .expect("members")
+}
+
+fn sorted(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn creating_a_group_stores_it_with_the_creator_as_owner_and_member_and_records_chat_created() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+
+    let (status, chat) = app
+        .post(
+            "/api/chats",
+            &ada,
+            json!({ "name": "  Launch  ", "chat_type": "group", "members": [bob.id, cy.id, bob.id] }),
+        )
+        .await;
+
+    assert_eq!(status, StatusCode::CREATED, "{chat}");
+    let id = chat["id"].as_i64().expect("id");
+    assert_eq!(chat["name"], "Launch");
+    assert_eq!(chat["chat_type"], "group");
+    assert_eq!(chat["owner_id"].as_i64(), Some(ada.id));
+    assert_eq!(chat["workspace_id"].as_i64(), Some(ada.workspace_id));
+    assert_eq!(chat["members"], json!(sorted(vec![ada.id, bob.id, cy.id])));
+    assert!(chat["created_at"].is_string() && chat["last_activity_at"].is_string());
+    let (name, chat_type, owner_id): (String, String, i64) =
+        sqlx::query_as("SELECT name, chat_type, owner_id FROM chats WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("chat row");
+    assert_eq!(
+        (name.as_str(), chat_type.as_str(), owner_id),
+        ("Launch", "group", ada.id)
+    );
+    assert_eq!(member_ids(&app, id).await, sorted(vec![ada.id, bob.id, cy.id]));
+    let events = outbox(&app, "chat.created").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].user_id(), ada.id.to_string());
+    let Some(EventType::ChatCreated(created)) = &events[0].event_type else {
+        panic!("not chat_created: {:?}", events[0]);
+    };
+    assert_eq!(created.workspace_id, ada.workspace_id.to_string());
+    assert_eq!(
+        (created.chat_type.as_str(), created.initial_members_count),
+        ("group", 3)
+    );
+
+    let (status, fetched) = app.get(&format!("/api/chats/{id}"), &bob).await;
+    assert_eq!(status, StatusCode::OK, "{fetched}");
+    assert_eq!(fetched, chat);
+}
+
+#[tokio::test]
+async fn members_who_are_not_users_of_the_callers_workspace_are_refused_by_name() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let eve = app.direct_user("Eve", None).await;
+
+    let (status, body) = app
+        .post(
+            "/api/chats",
+            &ada,
+            json!({ "name": "Mixed", "chat_type": "group", "members": [bob.id, eve.id, 999_999] }),
+        )
+        .await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "unknown_members");
+    let message = body["message"].as_str().expect("message");
+    let named: Vec<i64> = message
+        .rsplit(':')
+        .next()
+        .expect("list")
+        .split(',')
+        .map(|id| id.trim().parse().expect("an id"))
+        .collect();
+    assert_eq!(named, vec![eve.id, 999_999], "{message}");
+    let chats: i64 = sqlx::query_scalar("SELECT count(*) FROM chats")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(chats, 0);
+    assert!(outbox(&app, "chat.created").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_single_chat_needs_exactly_one_other_member_and_names_need_1_to_100_characters() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let refusals = [
+        (
+            json!({ "name": "Dm", "chat_type": "single", "members": [] }),
+            "invalid_members",
+        ),
+        (
+            json!({ "name": "Dm", "chat_type": "single", "members": [ada.id] }),
+            "invalid_members",
+        ),
+        (
+            json!({ "name": "Dm", "chat_type": "single", "members": [bob.id, cy.id] }),
+            "invalid_members",
+        ),
+        (
+            json!({ "name": " ", "chat_type": "group", "members": [] }),
+            "invalid_name",
+        ),
+        (
+            json!({ "name": "x".repeat(101), "chat_type": "group", "members": [] }),
+            "invalid_name",
+        ),
+        (
+            json!({ "name": "Odd", "chat_type": "secret", "members": [] }),
+            "invalid_json",
+        ),
+    ];
+    for (body, code) in refusals {
+        let (status, answer) = app.post("/api/chats", &ada, body.clone()).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+
+    let single = create(&app, &ada, "Dm", "single", &[&bob]).await;
+    let long = create(&app, &ada, &"é".repeat(100), "group", &[]).await;
+
+    assert_eq!(member_ids(&app, single).await, sorted(vec![ada.id, bob.id]));
+    assert_eq!(member_ids(&app, long).await, vec![ada.id]);
+    assert_eq!(outbox(&app, "chat.created").await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_chat_list_holds_the_callers_chats_with_the_most_recently_active_first() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let first = create(&app, &ada, "First", "group", &[&bob]).await;
+    let second = create(&app, &ada, "Second", "private_channel", &[]).await;
+    let third = create(&app, &bob, "Third", "group", &[&ada]).await;
+    let _not_ada = create(&app, &bob, "Bob only", "group", &[]).await;
+
+    let (status, chats) = app.get("/api/chats", &ada).await;
+    assert_eq!(status, StatusCode::OK, "{chats}");
+    let ids: Vec<i64> = chats
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![third, second, first]);
+
+    let (status, _) = app
+        .post(
+            &format!("/api/chats/{first}/messages"),
+            &bob,
+            json!({ "content": "bump" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (_, chats) = app.get("/api/chats", &ada).await;
+    let ids: Vec<i64> = chats
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| c["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![first, third, second]);
+    let (activity, message_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "SELECT c.last_activity_at, m.created_at FROM chats c JOIN messages m ON m.chat_id = c.id WHERE c.id = $1",
+    )
+    .bind(first)
+    .fetch_one(&app.pool)
+    .await
+    .expect("rows");
+    assert_eq!(activity, message_at);
+}
+
+#[tokio::test]
+async fn only_the_owner_may_rename_or_delete_a_chat() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", "group", &[&bob]).await;
+    let path = format!("/api/chats/{chat}");
+
+    let (status, body) = app.patch(&path, &bob, json!({ "name": "Bob's" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden")),
+        "{body}"
+    );
+    let (status, body) = app.delete(&path, &bob).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app.patch(&path, &ada, json!({ "name": "" })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_name")),
+        "{body}"
+    );
+
+    let (status, renamed) = app.patch(&path, &ada, json!({ "name": "Renamed" })).await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(renamed["name"], "Renamed");
+    let name: String = sqlx::query_scalar("SELECT name FROM chats WHERE id = $1")
+        .bind(chat)
+        .fetch_one(&app.pool)
+        .await
+        .expect("name");
+    assert_eq!(name, "Renamed");
+
+    let (status, _) = app
+        .post(&format!("{path}/messages"), &bob, json!({ "content": "bye" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = app.delete(&path, &ada).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM chats), (SELECT count(*) FROM chat_members), (SELECT count(*) FROM messages)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("counts");
+    assert_eq!(left, (0, 0, 0));
+    let (status, _) = app.get(&path, &ada).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn outsiders_get_404_on_every_chat_message_member_and_search_route() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let colleague = app.direct_user("Carl", Some(ada.workspace_id)).await;
+    let stranger = app.direct_user("Eve", None).await;
+    let private_chat = create(&app, &ada, "Private", "private_channel", &[&bob]).await;
+    let group = create(&app, &ada, "Group", "group", &[&bob]).await;
+    let public_channel = create(&app, &ada, "Public", "public_channel", &[&bob]).await;
+    let (_, message) = app
+        .post(
+            &format!("/api/chats/{group}/messages"),
+            &bob,
+            json!({ "content": "hello there" }),
+        )
+        .await;
+    let message_id = message["id"].as_i64().expect("message id");
+    let (_, absent) = app.get("/api/chats/999999", &ada).await;
+    assert_eq!(absent["error"], "not_found");
+
+    // Same workspace but not a member of a group or private channel; or another workspace altogether, for
+    // which even a public channel does not exist.
+    let hidden = [
+        (&colleague, group),
+        (&colleague, private_chat),
+        (&stranger, group),
+        (&stranger, private_chat),
+        (&stranger, public_channel),
+    ];
+    for (outsider, chat) in hidden {
+        let base = format!("/api/chats/{chat}");
+        let answers = [
+            app.get(&base, outsider).await,
+            app.patch(&base, outsider, json!({ "name": "Mine" })).await,
+            app.delete(&base, outsider).await,
+            app.get(&format!("{base}/members"), outsider).await,
+            app.post(
+                &format!("{base}/members"),
+                outsider,
+                json!({ "user_ids": [outsider.id] }),
+            )
+            .await,
+            app.delete(&format!("{base}/members/{}", bob.id), outsider).await,
+            app.delete(&format!("{base}/members/{}", outsider.id), outsider).await,
+            app.get(&format!("{base}/messages"), outsider).await,
+            app.post(&format!("{base}/messages"), outsider, json!({ "content": "hi" }))
+                .await,
+            app.patch(
+                &format!("{base}/messages/{message_id}"),
+                outsider,
+                json!({ "content": "x" }),
+            )
+            .await,
+            app.delete(&format!("{base}/messages/{message_id}"), outsider).await,
+            app.get(&format!("{base}/messages/search?q=hello"), outsider).await,
+        ];
+        for (i, (status, body)) in answers.into_iter().enumerate() {
+            assert_eq!(status, StatusCode::NOT_FOUND, "route #{i} of chat {chat}: {body}");
+            assert_eq!(body, absent, "route #{i} of chat {chat} must look like a missing chat");
+        }
+        let (_, listed) = app.get("/api/chats", outsider).await;
+        assert_eq!(listed, json!([]));
+    }
+
+    let (name, members, content): (String, i64, String) = sqlx::query_as(
+        "SELECT c.name, (SELECT count(*) FROM chat_members m WHERE m.chat_id = c.id), \
+         (SELECT content FROM messages WHERE id = $2) FROM chats c WHERE c.id = $1",
+    )
+    .bind(group)
+    .bind(message_id)
+    .fetch_one(&app.pool)
+    .await
+    .expect("rows");
+    assert_eq!((name.as_str(), members, content.as_str()), ("Group", 2, "hello there"));
+    assert_eq!(member_ids(&app, public_channel).await, sorted(vec![ada.id, bob.id]));
+    assert!(outbox(&app, "search.performed").await.is_empty());
+}
+
+#[tokio::test]
+async fn users_of_the_workspace_may_view_and_join_a_public_channel_but_read_it_only_once_joined() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let carl = app.direct_user("Carl", Some(ada.workspace_id)).await;
+    let dan = app.direct_user("Dan", Some(ada.workspace_id)).await;
+    let channel = create(&app, &ada, "Announcements", "public_channel", &[]).await;
+    let base = format!("/api/chats/{channel}");
+
+    let (status, viewed) = app.get(&base, &carl).await;
+    assert_eq!(status, StatusCode::OK, "{viewed}");
+    assert_eq!(viewed["name"], "Announcements");
+    let (status, members) = app.get(&format!("{base}/members"), &carl).await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert_eq!(members[0]["user_id"].as_i64(), Some(ada.id));
+    assert_eq!(members[0]["fullname"], "Ada");
+    for (status, body) in [
+        app.get(&format!("{base}/messages"), &carl).await,
+        app.post(&format!("{base}/messages"), &carl, json!({ "content": "hi" }))
+            .await,
+        app.get(&format!("{base}/messages/search?q=hi"), &carl).await,
+        app.patch(&base, &carl, json!({ "name": "Mine" })).await,
+        app.post(
+            &format!("{base}/members"),
+            &carl,
+            json!({ "user_ids": [carl.id, dan.id] }),
+        )
+        .await,
+        app.post(&format!("{base}/members"), &carl, json!({ "user_ids": [dan.id] }))
+            .await,
+    ] {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+
+    let (status, members) = app
+        .post(&format!("{base}/members"), &carl, json!({ "user_ids": [carl.id] }))
+        .await;
+
+    assert_eq!(status, StatusCode::OK, "{members}");
+    let listed: Vec<i64> = members
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["user_id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(sorted(listed), sorted(vec![ada.id, carl.id]));
+    assert_eq!(member_ids(&app, channel).await, sorted(vec![ada.id, carl.id]));
+    let joined = outbox(&app, "chat.joined").await;
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].user_id(), carl.id.to_string());
+    let Some(EventType::ChatJoined(event)) = &joined[0].event_type else {
+        panic!("not chat_joined: {:?}", joined[0]);
+    };
+    assert_eq!(
+        (event.chat_id.clone(), event.join_method.as_str()),
+        (channel.to_string(), "self")
+    );
+    let (status, _) = app
+        .post(&format!("{base}/messages"), &carl, json!({ "content": "hi all" }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, listed) = app.get("/api/chats", &carl).await;
+    assert_eq!(listed[0]["id"].as_i64(), Some(channel));
+
+    // Joining again changes nothing and records nothing.
+    let (status, _) = app
+        .post(&format!("{base}/members"), &carl, json!({ "user_ids": [carl.id] }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(outbox(&app, "chat.joined").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_owner_adds_and_removes_members_and_each_change_is_recorded_for_the_member_concerned() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let eve = app.direct_user("Eve", None).await;
+    let chat = create(&app, &ada, "Team", "private_channel", &[&bob]).await;
+    let base = format!("/api/chats/{chat}/members");
+
+    let (status, body) = app.post(&base, &ada, json!({ "user_ids": [cy.id, eve.id] })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unknown_members")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().expect("message").contains(&eve.id.to_string()));
+    let (status, body) = app.post(&base, &ada, json!({ "user_ids": [] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, bob.id]));
+
+    let (status, members) = app.post(&base, &ada, json!({ "user_ids": [cy.id, bob.id] })).await;
+
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert_eq!(members.as_array().map(Vec::len), Some(3));
+    assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, bob.id, cy.id]));
+    let joined = outbox(&app, "chat.joined").await;
+    assert_eq!(joined.len(), 1, "bob was a member already");
+    assert_eq!(joined[0].user_id(), cy.id.to_string());
+    let Some(EventType::ChatJoined(event)) = &joined[0].event_type else {
+        panic!("not chat_joined");
+    };
+    assert_eq!(
+        (event.chat_id.clone(), event.join_method.as_str()),
+        (chat.to_string(), "added")
+    );
+
+    let (status, body) = app.delete(&format!("{base}/{}", cy.id), &ada).await;
+
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, bob.id]));
+    let left = outbox(&app, "chat.left").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].user_id(), cy.id.to_string());
+    let Some(EventType::ChatLeft(event)) = &left[0].event_type else {
+        panic!("not chat_left");
+    };
+    assert_eq!(
+        (event.chat_id.clone(), event.leave_reason.as_str()),
+        (chat.to_string(), "removed")
+    );
+    let (status, _) = app.delete(&format!("{base}/{}", cy.id), &ada).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "cy is no longer a member");
+    let (status, _) = app.get(&format!("/api/chats/{chat}"), &cy).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a removed member is an outsider");
+}
+
+#[tokio::test]
+async fn members_may_leave_but_not_add_or_remove_others_and_the_owner_may_not_leave() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let dan = app.direct_user("Dan", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", "group", &[&bob, &cy]).await;
+    let base = format!("/api/chats/{chat}/members");
+
+    let (status, body) = app.post(&base, &bob, json!({ "user_ids": [dan.id] })).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app.delete(&format!("{base}/{}", cy.id), &bob).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = app.delete(&format!("{base}/{}", ada.id), &ada).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("owner cannot leave")
+    );
+    assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, bob.id, cy.id]));
+
+    let (status, body) = app.delete(&format!("{base}/{}", bob.id), &bob).await;
+
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, cy.id]));
+    let left = outbox(&app, "chat.left").await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].user_id(), bob.id.to_string());
+    let Some(EventType::ChatLeft(event)) = &left[0].event_type else {
+        panic!("not chat_left");
+    };
+    assert_eq!(event.leave_reason, "left");
+    let (status, _) = app.get(&format!("/api/chats/{chat}/messages"), &bob).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_members_of_a_single_chat_never_change() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Ada & Bob", "single", &[&bob]).await;
+    let base = format!("/api/chats/{chat}/members");
+
+    let (status, body) = app.post(&base, &ada, json!({ "user_ids": [cy.id] })).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("single_chat")),
+        "{body}"
+    );
+    let (status, body) = app.delete(&format!("{base}/{}", bob.id), &ada).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("single_chat")),
+        "{body}"
+    );
+    let (status, body) = app.delete(&format!("{base}/{}", bob.id), &bob).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, bob.id]));
+}
+
+#[tokio::test]
+async fn every_chat_route_refuses_requests_without_a_valid_token() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", "group", &[]).await;
+    let routes = [
+        (reqwest::Method::GET, "/api/chats".to_owned()),
+        (reqwest::Method::POST, "/api/chats".to_owned()),
+        (reqwest::Method::GET, format!("/api/chats/{chat}")),
+        (reqwest::Method::PATCH, format!("/api/chats/{chat}")),
+        (reqwest::Method::DELETE, format!("/api/chats/{chat}")),
+        (reqwest::Method::GET, format!("/api/chats/{chat}/members")),
+        (reqwest::Method::POST, format!("/api/chats/{chat}/members")),
+        (reqwest::Method::DELETE, format!("/api/chats/{chat}/members/{}", ada.id)),
+        (reqwest::Method::GET, format!("/api/chats/{chat}/messages")),
+        (reqwest::Method::POST, format!("/api/chats/{chat}/messages")),
+        (reqwest::Method::PATCH, format!("/api/chats/{chat}/messages/1")),
+        (reqwest::Method::DELETE, format!("/api/chats/{chat}/messages/1")),
+        (reqwest::Method::GET, format!("/api/chats/{chat}/messages/search?q=x")),
+        (reqwest::Method::GET, "/api/events".to_owned()),
+    ];
+    let forged = User {
+        access_token: "not-a-token".into(),
+        ..ada.clone()
+    };
+    for (method, path) in routes {
+        let (status, body) = app.send(app.http.request(method.clone(), app.url(&path))).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without token: {body}"
+        );
+        assert_eq!(body["error"], "unauthorized");
+        let (status, _) = app
+            .send(app.request(method.clone(), &path, &forged).json(&json!({})))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with a forged token");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_chat_member_message_and_event_routes() {
+    let app = TestApp::start(&[]).await;
+
+    let response = app
+        .http
+        .get(app.url("/api-docs/openapi.json"))
+        .send()
+        .await
+        .expect("request");
+    let doc: Value = response.json().await.expect("json");
+
+    let paths = &doc["paths"];
+    for (path, methods) in [
+        ("/api/chats", &["get", "post"][..]),
+        ("/api/chats/{id}", &["get", "patch", "delete"][..]),
+        ("/api/chats/{id}/members", &["get", "post"][..]),
+        ("/api/chats/{id}/members/{user_id}", &["delete"][..]),
+        ("/api/chats/{id}/messages", &["get", "post"][..]),
+        ("/api/chats/{id}/messages/{message_id}", &["patch", "delete"][..]),
+        ("/api/chats/{id}/messages/search", &["get"][..]),
+        ("/api/events", &["get"][..]),
+    ] {
+        for method in methods {
+            let operation = &paths[path][method];
+            assert!(operation.is_object(), "{method} {path} missing");
+            assert_eq!(operation["security"], json!([{ "bearer": [] }]), "{method} {path}");
+        }
+    }
+    for schema in ["Chat", "ChatType", "Member", "Message", "CreateChat", "SendMessage"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema} missing"
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! Live updates (`GET /api/events`, server-sent events) against real PostgreSQL and NATS servers, read the way a
+//! browser would: a streaming HTTP response parsed into `data:` lines. Members receive the changes of their
+//! chats and nothing of other chats, membership changes take effect on open streams, a message too large for a
+//! PostgreSQL notification still arrives whole, a second server instance on the same database delivers what
+//! the first one committed, and shutting down ends open streams instead of hanging. The hub itself is also
+//! driven directly: a subscriber that falls behind is told to resync rather than buffered without bound, and a
+//! lost `LISTEN` connection is re-established.
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestApp, User};
+use fechatter_server::auth::JwtKeys;
+use fechatter_server::config::Settings;
+use fechatter_server::live::{BUFFER_EVENTS, Delivery, LiveHub, Subscription};
+use fechatter_server::startup::Application;
+use futures::{Stream, StreamExt as _};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for an expected event.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn create(app: &TestApp, owner: &User, name: &str, members: &[&User]) -> i64 {
+    let ids: Vec<i64> = members.iter().map(|u| u.id).collect();
+    let (status, chat) = app
+        .post(
+            "/api/chats",
+            owner,
+            json!({ "name": name, "chat_type": "group", "members": ids }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{chat}");
+    chat["id"].as_i64().expect("id")
+}
+
+async fn send(app: &TestApp, user: &User, chat: i64, content: &str) -> i64 {
+    let (status, message) = app
+        .post(
+            &format!("/api/chats/{chat}/messages"),
+            user,
+            json!({ "content": content }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{message}");
+    message["id"].as_i64().expect("id")
+}
+
+/// An open `GET /api/events` stream.
+struct Events {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buffer: Vec<u8>,
+}
+
+impl Events {
+    /// Connects to the instance at `base` (`http://127.0.0.1:port`) and waits for `ready`: from then on every
+    /// committed change is delivered.
+    async fn connect(base: &str, user: &User) -> Events {
+        let response = reqwest::Client::new()
+            .get(format!("{base}/api/events"))
+            .bearer_auth(&user.access_token)
+            .send()
+            .await
+            .expect("connect");
+        assert_eq!(response.status(), StatusCode::OK);
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok());
+        assert_eq!(content_type, Some("text/event-stream"));
+        let mut events = Events {
+            body: Box::pin(response.bytes_stream()),
+            buffer: Vec::new(),
+        };
+        let ready = events.next().await;
+        assert_eq!(ready["kind"], "ready", "{ready}");
+        events
+    }
+
+    /// The data of the next event, within [`EVENT_TIMEOUT`].
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(EVENT_TIMEOUT, self.next_data())
+            .await
+            .expect("an event in time")
+            .expect("the stream is open")
+    }
+
+    /// The data of the next event (keep-alive comments skipped); `None` when the stream ended.
+    async fn next_data(&mut self) -> Option<Value> {
+        loop {
+            while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8(block).expect("UTF-8 event");
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if !data.is_empty() {
+                    return Some(serde_json::from_str(&data.join("\n")).expect("JSON data"));
+                }
+            }
+            match self.body.next().await {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk.expect("chunk")),
+                None => return None,
+            }
+        }
+    }
+}
+
+fn base(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Drains what was committed before now from `streams`, whose users are all members of `chat`: a stream
+/// connected just after a change may still receive it (`ready` promises every later change, not only those).
+/// Renames `chat` and discards each stream's events up to that rename; notifications arrive in commit order, so
+/// afterwards a stream holds only what is committed next.
+async fn settle(app: &TestApp, owner: &User, chat: i64, streams: &mut [&mut Events]) {
+    let name = format!("settled {}", uuid::Uuid::new_v4().simple());
+    let (status, body) = app
+        .patch(&format!("/api/chats/{chat}"), owner, json!({ "name": name }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for stream in streams {
+        while !(stream.next().await == json!({ "kind": "chat_updated", "chat_id": chat })) {}
+    }
+}
+
+#[tokio::test]
+async fn a_member_receives_message_created_for_their_chat_and_nothing_from_chats_they_are_not_in() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let shared = create(&app, &ada, "Shared", &[&bob]).await;
+    let mut bobs = Events::connect(&base(app.port), &bob).await;
+    settle(&app, &ada, shared, &mut [&mut bobs]).await;
+
+    // Committed first: were anything of it leaked to Bob, it would arrive before the shared chat's message.
+    let private = create(&app, &ada, "Without Bob", &[&cy]).await;
+    send(&app, &ada, private, "not for bob").await;
+    let (status, _) = app
+        .post(
+            &format!("/api/chats/{private}/members"),
+            &ada,
+            json!({ "user_ids": [ada.id] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = send(&app, &ada, shared, "hello bob").await;
+
+    let event = bobs.next().await;
+    assert_eq!(event["kind"], "message_created", "{event}");
+    assert_eq!(
+        (event["chat_id"].as_i64(), event["message_id"].as_i64()),
+        (Some(shared), Some(id))
+    );
+    assert_eq!(event["message"]["content"], "hello bob");
+    assert_eq!(event["message"]["sender_id"].as_i64(), Some(ada.id));
+
+    // A replayed send is not announced again.
+    let keyed = json!({ "content": "once", "idempotency_key": "k" });
+    let (_, first) = app
+        .post(&format!("/api/chats/{shared}/messages"), &ada, keyed.clone())
+        .await;
+    let (status, _) = app.post(&format!("/api/chats/{shared}/messages"), &ada, keyed).await;
+    assert_eq!(status, StatusCode::OK);
+    let last = send(&app, &bob, shared, "after the replay").await;
+    assert_eq!(bobs.next().await["message_id"], first["id"]);
+    assert_eq!(bobs.next().await["message_id"].as_i64(), Some(last));
+}
+
+#[tokio::test]
+async fn edits_deletions_and_membership_changes_reach_the_members_of_the_chat() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", &[&bob]).await;
+    let mut bobs = Events::connect(&base(app.port), &bob).await;
+    settle(&app, &ada, chat, &mut [&mut bobs]).await;
+
+    let (status, _) = app
+        .post(
+            &format!("/api/chats/{chat}/members"),
+            &ada,
+            json!({ "user_ids": [cy.id] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let id = send(&app, &cy, chat, "draft").await;
+    let (status, _) = app
+        .patch(
+            &format!("/api/chats/{chat}/messages/{id}"),
+            &cy,
+            json!({ "content": "final" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.delete(&format!("/api/chats/{chat}/messages/{id}"), &cy).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.delete(&format!("/api/chats/{chat}/members/{}", cy.id), &cy).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app
+        .patch(&format!("/api/chats/{chat}"), &ada, json!({ "name": "Renamed" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let joined = bobs.next().await;
+    assert_eq!(
+        (joined["kind"].as_str(), joined["user_id"].as_i64()),
+        (Some("member_joined"), Some(cy.id))
+    );
+    assert_eq!(joined["chat_id"].as_i64(), Some(chat));
+    let created = bobs.next().await;
+    assert_eq!(
+        (created["kind"].as_str(), created["message_id"].as_i64()),
+        (Some("message_created"), Some(id))
+    );
+    let updated = bobs.next().await;
+    assert_eq!(
+        (updated["kind"].as_str(), updated["message_id"].as_i64()),
+        (Some("message_updated"), Some(id))
+    );
+    assert_eq!(updated["message"]["content"], "final");
+    assert!(updated["message"]["edited_at"].is_string());
+    let deleted = bobs.next().await;
+    assert_eq!(
+        (deleted["kind"].as_str(), deleted["message_id"].as_i64()),
+        (Some("message_deleted"), Some(id))
+    );
+    assert_eq!(deleted["chat_id"].as_i64(), Some(chat));
+    let left = bobs.next().await;
+    assert_eq!(
+        (left["kind"].as_str(), left["user_id"].as_i64()),
+        (Some("member_left"), Some(cy.id))
+    );
+    let renamed = bobs.next().await;
+    assert_eq!(
+        (renamed["kind"].as_str(), renamed["chat_id"].as_i64()),
+        (Some("chat_updated"), Some(chat))
+    );
+}
+
+#[tokio::test]
+async fn an_open_stream_follows_the_users_membership_without_reconnecting() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let cy = app.direct_user("Cy", Some(ada.workspace_id)).await;
+    let mut cys = Events::connect(&base(app.port), &cy).await;
+
+    let chat = create(&app, &ada, "Later", &[&cy]).await;
+    // Cy hears of the new chat by its own join (the owner's, a chat Cy was not in yet, is not Cy's business).
+    let joined = cys.next().await;
+    assert_eq!(
+        (joined["kind"].as_str(), joined["chat_id"].as_i64()),
+        (Some("member_joined"), Some(chat))
+    );
+    assert_eq!(joined["user_id"].as_i64(), Some(cy.id));
+    let id = send(&app, &ada, chat, "welcome").await;
+    assert_eq!(cys.next().await["message_id"].as_i64(), Some(id));
+
+    let (status, _) = app.delete(&format!("/api/chats/{chat}/members/{}", cy.id), &ada).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let left = cys.next().await;
+    assert_eq!(
+        (left["kind"].as_str(), left["user_id"].as_i64()),
+        (Some("member_left"), Some(cy.id))
+    );
+    send(&app, &ada, chat, "cy is gone").await;
+    let (status, _) = app.delete(&format!("/api/chats/{chat}"), &ada).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let next_chat = create(&app, &ada, "Again", &[&cy]).await;
+
+    let next = cys.next().await;
+    assert_eq!(
+        (next["kind"].as_str(), next["chat_id"].as_i64()),
+        (Some("member_joined"), Some(next_chat)),
+        "nothing of the chat Cy left: {next}"
+    );
+}
+
+#[tokio::test]
+async fn a_message_too_large_for_a_notification_arrives_whole_loaded_from_the_database() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", &[&bob]).await;
+    let mut bobs = Events::connect(&base(app.port), &bob).await;
+    settle(&app, &ada, chat, &mut [&mut bobs]).await;
+    // 4000 characters of 3 bytes each: 12 kB, beyond PostgreSQL's 8000-byte notification payloads.
+    let content = "€".repeat(4000);
+
+    let id = send(&app, &ada, chat, &content).await;
+
+    let event = bobs.next().await;
+    assert_eq!(
+        (event["kind"].as_str(), event["message_id"].as_i64()),
+        (Some("message_created"), Some(id))
+    );
+    assert_eq!(event["message"]["content"].as_str(), Some(content.as_str()));
+}
+
+#[tokio::test]
+async fn an_sse_client_of_one_instance_receives_a_message_sent_through_another() {
+    let app = TestApp::start(&[]).await;
+    let settings = Settings::load(None, app.env()).expect("settings");
+    let second = Application::build(settings).await.expect("second instance starts");
+    let second_port = second.port();
+    assert_ne!(second_port, app.port);
+    let stop_second = CancellationToken::new();
+    let second = tokio::spawn(second.run_until_stopped(stop_second.clone()));
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", &[&bob]).await;
+    let mut bobs_on_second = Events::connect(&base(second_port), &bob).await;
+    let mut adas_on_first = Events::connect(&base(app.port), &ada).await;
+    settle(&app, &ada, chat, &mut [&mut bobs_on_second, &mut adas_on_first]).await;
+
+    let id = send(&app, &ada, chat, "sent through the first instance").await;
+
+    let event = bobs_on_second.next().await;
+    assert_eq!(
+        (event["kind"].as_str(), event["message_id"].as_i64()),
+        (Some("message_created"), Some(id))
+    );
+    assert_eq!(event["message"]["content"], "sent through the first instance");
+    let (status, _) = app
+        .send(
+            app.http
+                .post(format!("{}/api/chats/{chat}/messages", base(second_port)))
+                .bearer_auth(&bob.access_token)
+                .json(&json!({ "content": "and back" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        adas_on_first.next().await["message_id"].as_i64(),
+        Some(id),
+        "senders hear of their own messages"
+    );
+    let event = adas_on_first.next().await;
+    assert_eq!(event["kind"], "message_created");
+    assert_eq!(event["message"]["content"], "and back");
+
+    stop_second.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(20), second).await;
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "second instance stops cleanly: {stopped:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutting_down_ends_open_event_streams_so_the_server_stops_promptly() {
+    let mut app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let mut stream = Events::connect(&base(app.port), &ada).await;
+
+    app.token.cancel();
+    let handle = app.handle.take().expect("running");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), handle).await;
+
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "server stops within 10 s: {stopped:?}"
+    );
+    let end = tokio::time::timeout(EVENT_TIMEOUT, stream.next_data()).await;
+    assert!(matches!(end, Ok(None)), "the stream ended: {end:?}");
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_access_token_expires() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let read = |name: &str| std::fs::read(app.keys_dir.path().join(name)).expect("key file");
+    let short = JwtKeys::from_pem(&read("private.pem"), &read("public.pem"), "fechatter", 2).expect("keys");
+    let brief = User {
+        access_token: short.issue(ada.id, ada.workspace_id).expect("token"),
+        ..ada.clone()
+    };
+    let mut stream = Events::connect(&base(app.port), &brief).await;
+
+    let end = tokio::time::timeout(EVENT_TIMEOUT, stream.next_data()).await;
+
+    assert!(matches!(end, Ok(None)), "the stream ended with the token: {end:?}");
+}
+
+/// A hub of its own on the test database, as a second instance would run it.
+async fn standalone_hub(app: &TestApp) -> (LiveHub, CancellationToken) {
+    let hub = LiveHub::new();
+    let stop = CancellationToken::new();
+    tokio::spawn(hub.clone().run(app.pool.clone(), stop.clone()));
+    (hub, stop)
+}
+
+async fn next_delivery(subscription: &mut Subscription) -> Delivery {
+    tokio::time::timeout(EVENT_TIMEOUT, subscription.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the subscription is open")
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_loses_the_oldest_events_and_is_told_to_resync() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let busy = create(&app, &ada, "Busy", &[]).await;
+    let quiet = create(&app, &bob, "Quiet", &[]).await;
+    let (hub, stop) = standalone_hub(&app).await;
+    let mut slow = hub.subscribe(app.pool.clone(), ada.id).expect("subscription");
+    let mut witness = hub.subscribe(app.pool.clone(), bob.id).expect("subscription");
+    assert!(matches!(next_delivery(&mut slow).await, Delivery::Ready { chats: 1 }));
+    assert!(matches!(
+        next_delivery(&mut witness).await,
+        Delivery::Ready { chats: 1 }
+    ));
+    let burst = BUFFER_EVENTS + 100;
+
+    // Changes of others in Ada's chat, far more than a subscriber may fall behind, then one in Bob's.
+    sqlx::query(
+        "SELECT pg_notify('chat_events', json_build_object('kind', 'member_left', 'chat_id', $1::bigint, \
+         'ids', json_build_array(g))::text) FROM generate_series(1, $2::int) AS g",
+    )
+    .bind(busy)
+    .bind(i32::try_from(burst).expect("small"))
+    .execute(&app.pool)
+    .await
+    .expect("notify");
+    sqlx::query(
+        "SELECT pg_notify('chat_events', json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text)",
+    )
+    .bind(quiet)
+    .execute(&app.pool)
+    .await
+    .expect("notify");
+    // Once Bob's subscriber sees its chat's change, the hub has broadcast everything.
+    loop {
+        match next_delivery(&mut witness).await {
+            Delivery::Event(event) if event.chat_id == quiet => break,
+            Delivery::Event(event) => panic!("Bob only hears of his chat: {event:?}"),
+            Delivery::Resync { .. } | Delivery::Ready { .. } => {}
+        }
+    }
+
+    let missed = u64::try_from(burst + 1 - BUFFER_EVENTS).expect("small");
+    match next_delivery(&mut slow).await {
+        Delivery::Resync { missed: reported } => assert_eq!(reported, missed),
+        other => panic!("expected resync, got {other:?}"),
+    }
+    match next_delivery(&mut slow).await {
+        Delivery::Event(event) => {
+            let oldest_kept = i64::try_from(missed + 1).expect("small");
+            assert_eq!(event.user_id, Some(oldest_kept), "the newest events are kept");
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_is_re_established_and_subscribers_are_told_to_resync() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    let (hub, stop) = standalone_hub(&app).await;
+    let mut subscription = hub.subscribe(app.pool.clone(), ada.id).expect("subscription");
+    assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
+
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN \"chat_events\"%'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("terminate");
+    assert!(!killed.is_empty(), "a LISTEN connection was found");
+
+    assert!(matches!(
+        next_delivery(&mut subscription).await,
+        Delivery::Resync { missed: 0 }
+    ));
+    let id = send(&app, &ada, chat, "after the reconnect").await;
+    match next_delivery(&mut subscription).await {
+        Delivery::Event(event) => {
+            let data: Value = serde_json::from_str(&event.data).expect("json");
+            assert_eq!(data["message_id"].as_i64(), Some(id));
+        }
+        other => panic!("expected the message, got {other:?}"),
+    }
+    stop.cancel();
+}
