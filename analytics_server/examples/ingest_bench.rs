@@ -92,7 +92,9 @@ impl Args {
                     Some(v) => v,
                     None => it.next().with_context(|| format!("{name} needs a value"))?,
                 };
-                let n: usize = text.parse().with_context(|| format!("{name} {text:?} is not a number"))?;
+                let n: usize = text
+                    .parse()
+                    .with_context(|| format!("{name} {text:?} is not a number"))?;
                 ensure!(n > 0, "{name} must be at least 1");
                 Ok(n)
             };
@@ -165,7 +167,14 @@ fn build_service_binary() -> Result<()> {
         .arg(&manifest)
         // Naming this example too keeps the dev-dependency feature unification of `cargo run --example`, so the
         // dependencies it already compiled are reused instead of being rebuilt with other features.
-        .args(["-p", "analytics_server", "--bin", "analytics_server", "--example", "ingest_bench"]);
+        .args([
+            "-p",
+            "analytics_server",
+            "--bin",
+            "analytics_server",
+            "--example",
+            "ingest_bench",
+        ]);
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
@@ -339,8 +348,16 @@ async fn raw_insert(clickhouse: &ClickHouseServer, events: &[AnalyticsEvent], ba
         insert(&client, chunk).await?;
     }
     let elapsed = Timed::since(started, &cpu);
-    let stored = scalar(clickhouse, &format!("SELECT count() FROM {RAW_DATABASE}.{EVENTS_TABLE}")).await?;
-    ensure!(stored == events.len() as u64, "raw insert stored {stored} rows of {}", events.len());
+    let stored = scalar(
+        clickhouse,
+        &format!("SELECT count() FROM {RAW_DATABASE}.{EVENTS_TABLE}"),
+    )
+    .await?;
+    ensure!(
+        stored == events.len() as u64,
+        "raw insert stored {stored} rows of {}",
+        events.len()
+    );
     // Drop it so its background merges do not compete with step (c).
     clickhouse.query(&format!("DROP DATABASE {RAW_DATABASE}")).await?;
     Ok(elapsed)
@@ -530,16 +547,29 @@ async fn run_service(
     let deadline = started + Duration::from_secs(120) + Duration::from_millis(n64 / 2);
     let total = loop {
         if let Some(status) = child.try_wait()? {
-            bail!("analytics_server exited early ({status}); its log:\n{}", child.log_contents());
+            bail!(
+                "analytics_server exited early ({status}); its log:\n{}",
+                child.log_contents()
+            );
         }
         ensure!(
             Instant::now() < deadline,
             "analytics_server did not store {n} rows in time (have {}); end of its log:\n{}",
-            scalar(clickhouse, &format!("SELECT count() FROM {table}")).await.unwrap_or(0),
-            child.log_contents().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+            scalar(clickhouse, &format!("SELECT count() FROM {table}"))
+                .await
+                .unwrap_or(0),
+            child
+                .log_contents()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         // The cheap physical count first (0 until the table exists); FINAL only once it can be complete.
-        let physical = scalar(clickhouse, &format!("SELECT count() FROM {table}")).await.unwrap_or(0);
+        let physical = scalar(clickhouse, &format!("SELECT count() FROM {table}"))
+            .await
+            .unwrap_or(0);
         if physical > 0 && first_rows.is_none() {
             first_rows = Some(started.elapsed());
         }
@@ -623,7 +653,12 @@ async fn run() -> Result<bool> {
     let nats = nats.context("nats-server starts")?;
     let clickhouse = clickhouse.context("clickhouse-server starts")?;
     let version = clickhouse.query("SELECT version()").await?;
-    println!("  NATS {} | ClickHouse {} at {}", nats.url(), version.trim(), clickhouse.http_url());
+    println!(
+        "  NATS {} | ClickHouse {} at {}",
+        nats.url(),
+        version.trim(),
+        clickhouse.http_url()
+    );
 
     let vars: Vec<(String, String)> = vec![
         ("ANALYTICS__SERVER__HOST".into(), "127.0.0.1".into()),
@@ -649,7 +684,13 @@ async fn run() -> Result<bool> {
     let events = make_events(n);
     let published = publish(&js, &events).await?;
     let publish_time = published.elapsed;
-    let stored = js.get_stream(&settings.jetstream.stream).await?.info().await?.state.messages;
+    let stored = js
+        .get_stream(&settings.jetstream.stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
     ensure!(stored == n as u64, "stream holds {stored} messages, expected {n}");
     let publish_rate = rate(n, publish_time);
     println!(
@@ -662,10 +703,17 @@ async fn run() -> Result<bool> {
     println!("[3/5] (a) bare JetStream consumer: pull + decode + ack");
     let bare = bare_consume(&js, &settings, n).await?;
     let bare_rate = rate(n, bare.elapsed);
-    println!("  {:.2} s: {} events/s", bare.elapsed.as_secs_f64(), fmt_rate(bare_rate));
+    println!(
+        "  {:.2} s: {} events/s",
+        bare.elapsed.as_secs_f64(),
+        fmt_rate(bare_rate)
+    );
     println!("  {}", bare.cpu);
 
-    println!("[4/5] (b) raw ClickHouse INSERT of pre-built rows, {} per INSERT", args.batch_size);
+    println!(
+        "[4/5] (b) raw ClickHouse INSERT of pre-built rows, {} per INSERT",
+        args.batch_size
+    );
     let raw = raw_insert(&clickhouse, &events, args.batch_size).await?;
     let raw_rate = rate(n, raw.elapsed);
     println!("  {:.2} s: {} rows/s", raw.elapsed.as_secs_f64(), fmt_rate(raw_rate));
@@ -687,10 +735,22 @@ async fn run() -> Result<bool> {
 
     println!();
     println!("================ ingest_bench summary ({n} events) ================");
-    println!("publish (JetStream, acked)            {:>12} events/s", fmt_rate(publish_rate));
-    println!("(a) bare consume+decode+ack           {:>12} events/s", fmt_rate(bare_rate));
-    println!("(b) raw ClickHouse INSERT             {:>12} rows/s", fmt_rate(raw_rate));
-    println!("(c) analytics_server drain            {:>12} events/s", fmt_rate(svc_rate));
+    println!(
+        "publish (JetStream, acked)            {:>12} events/s",
+        fmt_rate(publish_rate)
+    );
+    println!(
+        "(a) bare consume+decode+ack           {:>12} events/s",
+        fmt_rate(bare_rate)
+    );
+    println!(
+        "(b) raw ClickHouse INSERT             {:>12} rows/s",
+        fmt_rate(raw_rate)
+    );
+    println!(
+        "(c) analytics_server drain            {:>12} events/s",
+        fmt_rate(svc_rate)
+    );
     println!(
         "    (c) after its first rows landed    {:>12} events/s  (start-up + first batch {:.2} s)",
         fmt_rate(drain_rate),
@@ -707,10 +767,7 @@ async fn run() -> Result<bool> {
         ratio_a
     );
     println!("ratio c/b                              {:>12.2}", ratio_b);
-    println!(
-        "ingester peak RSS                      {:>12.1} MiB",
-        mib(svc.peak_kib)
-    );
+    println!("ingester peak RSS                      {:>12.1} MiB", mib(svc.peak_kib));
     println!(
         "    peak until half drained ({:>5.1} s) {:>12.1} MiB",
         svc.half.as_secs_f64(),
@@ -730,7 +787,10 @@ async fn run() -> Result<bool> {
         svc.physical_rows,
         svc.consumer_idle
     );
-    println!("wall time                              {:>12.1} s", wall.elapsed().as_secs_f64());
+    println!(
+        "wall time                              {:>12.1} s",
+        wall.elapsed().as_secs_f64()
+    );
     if ratio_a >= TARGET_RATIO {
         println!("TARGET MET: c/a = {ratio_a:.2} >= {TARGET_RATIO}");
     } else {
