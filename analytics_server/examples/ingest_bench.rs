@@ -1,33 +1,43 @@
 //! Ingest throughput benchmark of `analytics_server`, against private NATS (JetStream) and ClickHouse servers.
 //!
 //! ```text
-//! cargo run --release -p analytics_server --example ingest_bench                  # 200 000 events
+//! cargo run --release -p analytics_server --example ingest_bench                    # 200 000 events
 //! cargo run --release -p analytics_server --example ingest_bench -- --events 20000  # quick run
 //! ```
 //!
-//! Options: `--events N` (default 200000), `--batch-size N` (rows per INSERT, default 10000), `--pull-batch N`
-//! (messages per pull request, default 2000), `--max-ack-pending N` (default 40000), `--no-build` (do not run
-//! `cargo build` for the service binary first).
+//! Options:
+//! * `--events N` — backlog size (default 200000);
+//! * `--rounds K` — how many times (a), (b) and (c) are measured; the summary uses the medians (default 3);
+//! * `--batch-size N` — rows per INSERT, of the service and of (b) (default 10000);
+//! * `--pull-batch N` — messages per pull request, of the service and of (a) (default 2000);
+//! * `--max-ack-pending N` — of the service's consumer and of (a)'s (default 40000);
+//! * `--service-env KEY=VALUE` — repeatable: more environment for the service (another `ANALYTICS__…` key,
+//!   `LD_PRELOAD`, …), applied last;
+//! * `--no-build` — do not run `cargo build` for the service binary first.
 //!
 //! One run:
 //! 1. starts a private nats-server (JetStream) and clickhouse-server (18.16) via `test_support`;
 //! 2. publishes N events (every sample kind in turn, unique UUIDv7 ids, `Nats-Msg-Id` set) into the `ANALYTICS`
 //!    stream, which becomes the backlog; the publish rate is informational;
-//! 3. (a) drains the backlog with a bare durable pull consumer (`bench_bare`): pull, prost-decode, ack — the
-//!    ceiling of what JetStream can deliver on this machine;
-//! 4. (b) inserts N pre-built [`EventRow`]s into a scratch database in batches of `batch_size` rows, one INSERT
-//!    at a time like the service's sink — the ceiling of what ClickHouse accepts;
-//! 5. (c) starts the real `analytics_server` release binary against the same backlog (its own durable consumer
-//!    starts at the beginning of the stream) and times it until `count() FINAL` is N, sampling its RSS every
-//!    100 ms;
-//! 6. prints a summary with the ratios c/a (target ≥ 0.8) and c/b and the ingester's peak RSS.
+//! 3. then, per round:
+//!    * (a) drains the backlog with a bare durable pull consumer (`bench_bare_<round>`, the service's consumer
+//!      settings): pull, prost-decode, ack — what JetStream delivers on this machine;
+//!    * (b) inserts N pre-built [`EventRow`]s into a scratch database made by [`schema::migrate`], `batch_size`
+//!      rows per INSERT, one INSERT at a time like the service's sink — what ClickHouse accepts;
+//!    * (c) starts the real `analytics_server` release binary against the same backlog (a durable consumer of its
+//!      own, `analytics_server` in round 1, that starts at the beginning of the stream; a fresh database) and
+//!      times it from spawn until `count() FINAL` is N, sampling its RSS every 100 ms; then checks exactly-once:
+//!      `count() FINAL` and `uniqExact(event_id)` must both be N;
+//! 4. prints a summary: publish rate, (a), (b), (c), c/a (target ≥ 0.8), c/b, the ingester's peak RSS (until
+//!    half the backlog was stored, after, at the end), and the CPU each program used in each step — on a small
+//!    machine NATS, ClickHouse and the service share the cores, which is what bounds (c).
 //!
-//! The run exits 0 when the throughput target is missed (it is a measurement; the summary says `TARGET MISSED`),
-//! and 1 when exactly-once is violated (`count() FINAL` or `uniqExact(event_id)` differs from N) or a step fails.
+//! The exit status is 0 when the throughput target is missed (it is a measurement; the summary says
+//! `TARGET MISSED`), and 1 when exactly-once is violated or a step fails.
 //!
 //! `cargo run --example` does not build the package's binaries, so before step 1 the benchmark runs
-//! `cargo build [--release] -p analytics_server --bin analytics_server --example ingest_bench` itself (a no-op when it is up to date; it
-//! may wait for the shared target directory's lock while other builds run).
+//! `cargo build [--release] -p analytics_server --bin analytics_server --example ingest_bench` itself (a no-op
+//! when up to date; it may wait for the shared target directory's lock while other builds run).
 
 use analytics_server::config::Settings;
 use analytics_server::jetstream::{consumer_config, ensure_stream};
@@ -51,47 +61,49 @@ use uuid::Uuid;
 
 /// Un-awaited publish acks allowed in flight (async-nats stalls at 5000).
 const PUBLISH_WINDOW: usize = 2_000;
-/// Name of the bare consumer of step (a).
-const BARE_CONSUMER: &str = "bench_bare";
-/// Scratch database of step (b).
-const RAW_DATABASE: &str = "bench_raw";
-/// Database the service writes to in step (c).
-const SERVICE_DATABASE: &str = "bench_service";
 /// The throughput target: the service drains at least this fraction of the bare consumer's rate.
 const TARGET_RATIO: f64 = 0.8;
 /// RSS sampling period.
 const RSS_PERIOD: Duration = Duration::from_millis(100);
+/// Share of the machine's CPU used by processes outside this benchmark above which a step's figure is flagged.
+const NOISE_SHARE: f64 = 0.10;
 
 /// Command-line options.
 #[derive(Debug, Clone)]
 struct Args {
     events: usize,
+    rounds: usize,
     batch_size: usize,
     pull_batch: usize,
     max_ack_pending: usize,
     build: bool,
+    service_env: Vec<(String, String)>,
 }
 
 impl Args {
     fn parse() -> Result<Self> {
         let mut args = Self {
             events: 200_000,
+            rounds: 3,
             batch_size: 10_000,
             pull_batch: 2_000,
             max_ack_pending: 40_000,
             build: true,
+            service_env: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
-            let (name, inline) = match arg.split_once('=') {
+            let (name, inline) = match arg.split_once('=').filter(|(n, _)| n.starts_with("--")) {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (arg.clone(), None),
             };
-            let mut value = |name: &str| -> Result<usize> {
-                let text = match inline.clone() {
-                    Some(v) => v,
-                    None => it.next().with_context(|| format!("{name} needs a value"))?,
-                };
+            let mut text = |name: &str| -> Result<String> {
+                match inline.clone() {
+                    Some(v) => Ok(v),
+                    None => it.next().with_context(|| format!("{name} needs a value")),
+                }
+            };
+            let number = |name: &str, text: String| -> Result<usize> {
                 let n: usize = text
                     .parse()
                     .with_context(|| format!("{name} {text:?} is not a number"))?;
@@ -99,15 +111,21 @@ impl Args {
                 Ok(n)
             };
             match name.as_str() {
-                "--events" => args.events = value("--events")?,
-                "--batch-size" => args.batch_size = value("--batch-size")?,
-                "--pull-batch" => args.pull_batch = value("--pull-batch")?,
-                "--max-ack-pending" => args.max_ack_pending = value("--max-ack-pending")?,
+                "--events" => args.events = number(&name, text(&name)?)?,
+                "--rounds" => args.rounds = number(&name, text(&name)?)?,
+                "--batch-size" => args.batch_size = number(&name, text(&name)?)?,
+                "--pull-batch" => args.pull_batch = number(&name, text(&name)?)?,
+                "--max-ack-pending" => args.max_ack_pending = number(&name, text(&name)?)?,
                 "--no-build" => args.build = false,
+                "--service-env" => {
+                    let pair = text(&name)?;
+                    let (key, value) = pair.split_once('=').context("--service-env needs KEY=VALUE")?;
+                    args.service_env.push((key.to_owned(), value.to_owned()));
+                }
                 "-h" | "--help" => {
                     println!(
-                        "usage: ingest_bench [--events N] [--batch-size N] [--pull-batch N] [--max-ack-pending N] \
-                         [--no-build]"
+                        "usage: ingest_bench [--events N] [--rounds K] [--batch-size N] [--pull-batch N] \
+                         [--max-ack-pending N] [--service-env KEY=VALUE]... [--no-build]"
                     );
                     std::process::exit(0);
                 }
@@ -137,8 +155,7 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
 
 /// Formats a rate with thousands separators.
 fn fmt_rate(r: f64) -> String {
-    let n = r.round() as u64;
-    let digits = n.to_string();
+    let digits = (r.round() as u64).to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i).is_multiple_of(3) {
@@ -149,11 +166,26 @@ fn fmt_rate(r: f64) -> String {
     out
 }
 
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        len if len % 2 == 1 => v[len / 2],
+        len => (v[len / 2 - 1] + v[len / 2]) / 2.0,
+    }
+}
+
 fn now_seconds() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
         .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 /// Builds the service binary for the profile this benchmark was built with.
@@ -193,13 +225,161 @@ fn build_service_binary() -> Result<()> {
             command.env_remove(name);
         }
     }
-    println!("building the service binary: {command:?}");
+    println!("building the service binary: cargo build --release -p analytics_server --bin analytics_server …");
     let started = Instant::now();
     let status = command.status().context("running cargo build")?;
     ensure!(status.success(), "cargo build of analytics_server failed ({status})");
     println!("  service binary ready in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// CPU accounting
+
+/// Clock ticks per second of `/proc/<pid>/stat` and `/proc/stat` (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// `(comm, ppid, utime + stime ticks)` of `pid`.
+fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // After the comm: state(3) ppid(4) … utime(14) stime(15), numbered from 1 as in proc(5).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, ppid, utime + stime))
+}
+
+/// Busy ticks of the whole machine (all processes, all cores), from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already counted in user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some(total.saturating_sub(idle))
+}
+
+/// CPU ticks so far of this process and of each of its children (nats-server, clickhouse-server, the service)
+/// by program name, and of the whole machine.
+#[derive(Debug, Clone, Default)]
+struct CpuSnapshot {
+    machine: u64,
+    programs: Vec<(String, u64)>,
+}
+
+impl CpuSnapshot {
+    fn take() -> Self {
+        let me = std::process::id();
+        let mut snapshot = Self {
+            machine: machine_busy_ticks().unwrap_or(0),
+            programs: Vec::new(),
+        };
+        if let Some((_, _, ticks)) = proc_stat(me) {
+            snapshot.add("ingest_bench".into(), ticks);
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some((comm, ppid, ticks)) = proc_stat(pid)
+                    && ppid == me
+                {
+                    snapshot.add(comm, ticks);
+                }
+            }
+        }
+        snapshot
+    }
+
+    fn add(&mut self, name: String, ticks: u64) {
+        match self.programs.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => *t += ticks,
+            None => self.programs.push((name, ticks)),
+        }
+    }
+}
+
+/// CPU used during a step.
+#[derive(Debug, Clone)]
+struct CpuUse {
+    /// CPU seconds by program.
+    programs: Vec<(String, f64)>,
+    /// CPU seconds of the programs of this benchmark.
+    ours: f64,
+    /// CPU seconds of every other process on the machine (other builds, …).
+    others: f64,
+    /// CPU seconds the machine had (cores × wall time).
+    available: f64,
+}
+
+impl CpuUse {
+    fn between(before: &CpuSnapshot, after: &CpuSnapshot, wall: Duration) -> Self {
+        let mut programs = Vec::new();
+        for (name, ticks) in &after.programs {
+            let start = before.programs.iter().find(|(n, _)| n == name).map_or(0, |(_, t)| *t);
+            let seconds = ticks.saturating_sub(start) as f64 / TICKS_PER_SECOND;
+            if seconds > 0.0 {
+                programs.push((name.clone(), seconds));
+            }
+        }
+        let ours: f64 = programs.iter().map(|(_, s)| s).sum();
+        let machine = after.machine.saturating_sub(before.machine) as f64 / TICKS_PER_SECOND;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            programs,
+            ours,
+            others: (machine - ours).max(0.0),
+            available: wall.as_secs_f64() * cores as f64,
+        }
+    }
+
+    /// Share of the machine's CPU taken by processes outside this benchmark.
+    fn noise(&self) -> f64 {
+        self.others / self.available.max(1e-9)
+    }
+
+    fn line(&self) -> String {
+        let parts: Vec<String> = self.programs.iter().map(|(name, s)| format!("{name} {s:.2}")).collect();
+        format!(
+            "CPU s: {} = {:.2} | other processes {:.2} | machine {:.0}% busy of {:.2} CPU s",
+            parts.join(", "),
+            self.ours,
+            self.others,
+            100.0 * (self.ours + self.others) / self.available.max(1e-9),
+            self.available
+        )
+    }
+}
+
+/// How long a step took and the CPU it used.
+struct Timed {
+    elapsed: Duration,
+    cpu: CpuUse,
+}
+
+impl Timed {
+    fn since(started: Instant, before: &CpuSnapshot) -> Self {
+        let elapsed = started.elapsed();
+        Self {
+            elapsed,
+            cpu: CpuUse::between(before, &CpuSnapshot::take(), elapsed),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Backlog
 
 /// `n` distinct events cycling through every kind, with fresh UUIDv7 ids and `user_id` = their index.
 fn make_events(n: usize) -> Vec<AnalyticsEvent> {
@@ -225,7 +405,7 @@ async fn publish(js: &jetstream::Context, events: &[AnalyticsEvent]) -> Result<T
             Ok((subject, e.event_id().to_owned(), Bytes::from(e.encode_to_vec())))
         })
         .collect::<Result<_>>()?;
-    let cpu = cpu_snapshot();
+    let cpu = CpuSnapshot::take();
     let started = Instant::now();
     let mut in_flight = VecDeque::with_capacity(PUBLISH_WINDOW);
     for (subject, id, payload) in encoded {
@@ -244,16 +424,20 @@ async fn publish(js: &jetstream::Context, events: &[AnalyticsEvent]) -> Result<T
     Ok(Timed::since(started, &cpu))
 }
 
-/// Step (a): a bare durable pull consumer that pulls, decodes and acknowledges all `n` messages.
-async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize) -> Result<Timed> {
+// ---------------------------------------------------------------------------------------------------------------
+// (a) bare consumer
+
+/// A bare durable pull consumer named `name` (the service's consumer settings) that pulls, decodes and
+/// acknowledges all `n` messages; done when the server has recorded every ack.
+async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize, name: &str) -> Result<Timed> {
     let stream = js.get_stream(&settings.jetstream.stream).await?;
     let mut config: pull::Config = consumer_config(settings);
-    config.durable_name = Some(BARE_CONSUMER.into());
-    config.name = Some(BARE_CONSUMER.into());
+    config.durable_name = Some(name.into());
+    config.name = Some(name.into());
     config.description = Some("ingest_bench: bare consume + decode + ack".into());
-    let cpu = cpu_snapshot();
+    let cpu = CpuSnapshot::take();
     let started = Instant::now();
-    let consumer = stream.get_or_create_consumer(BARE_CONSUMER, config).await?;
+    let consumer = stream.get_or_create_consumer(name, config).await?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(settings.jetstream.pull_batch)
@@ -261,9 +445,8 @@ async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize) ->
         .heartbeat(Duration::from_secs(10))
         .messages()
         .await?;
-    let mut seen = 0usize;
     let mut typed = 0usize;
-    while seen < n {
+    for _ in 0..n {
         let message = tokio::time::timeout(Duration::from_secs(60), messages.next())
             .await
             .context("bare consumer: no message for 60 s")?
@@ -271,37 +454,53 @@ async fn bare_consume(js: &jetstream::Context, settings: &Settings, n: usize) ->
             .map_err(|e| anyhow::anyhow!("bare consumer: {e}"))?;
         let event = AnalyticsEvent::decode(message.payload.as_ref()).context("bare consumer: decode")?;
         typed += usize::from(event.event_type.is_some());
-        message.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
-        seen += 1;
+        message
+            .ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("bare consumer: ack: {e}"))?;
     }
     drop(messages);
     js.client().flush().await?;
-    // Done when the server has recorded every ack.
     wait_until("bare consumer acks recorded", Duration::from_secs(60), || async {
-        let info = stream.consumer_info(BARE_CONSUMER).await.ok()?;
+        let info = stream.consumer_info(name).await.ok()?;
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
     .await?;
-    let elapsed = Timed::since(started, &cpu);
+    let timed = Timed::since(started, &cpu);
     ensure!(typed == n, "bare consumer decoded {typed} typed events of {n}");
-    let _ = stream.delete_consumer(BARE_CONSUMER).await;
-    Ok(elapsed)
+    let _ = stream.delete_consumer(name).await;
+    Ok(timed)
 }
 
-/// How long a step took and what CPU it used.
-struct Timed {
-    elapsed: Duration,
-    cpu: String,
-}
+// ---------------------------------------------------------------------------------------------------------------
+// (b) raw ClickHouse inserts
 
-impl Timed {
-    fn since(started: Instant, cpu_before: &[(String, u64)]) -> Self {
-        let elapsed = started.elapsed();
-        Self {
-            elapsed,
-            cpu: cpu_line(cpu_before, &cpu_snapshot(), elapsed),
-        }
-    }
+/// Builds the rows the service would build: prost decode + [`to_row`], on one thread, timed (informational: the
+/// CPU cost of the service's pipeline per event, without NATS).
+fn build_rows(events: &[AnalyticsEvent]) -> Result<(Vec<EventRow>, Duration)> {
+    let encoded: Vec<(String, Vec<u8>)> = events
+        .iter()
+        .map(|e| Ok((e.subject().context("sample event without a type")?, e.encode_to_vec())))
+        .collect::<Result<_>>()?;
+    let ingested_at = now_seconds();
+    let started = Instant::now();
+    let rows = encoded
+        .iter()
+        .enumerate()
+        .map(|(i, (subject, payload))| {
+            let event = AnalyticsEvent::decode(payload.as_slice())?;
+            let kind = event.event_type.clone().context("sample event without a type")?;
+            let origin = Origin {
+                subject,
+                stream: "ANALYTICS",
+                stream_sequence: i as u64 + 1,
+                index: 0,
+                ingested_at,
+            };
+            Ok(to_row(&event, &kind, &origin))
+        })
+        .collect::<Result<_>>()?;
+    Ok((rows, started.elapsed()))
 }
 
 /// One INSERT of `rows`, exactly as the service's sink does it.
@@ -318,49 +517,33 @@ async fn insert(client: &clickhouse::Client, rows: &[EventRow]) -> Result<()> {
     Ok(())
 }
 
-/// Step (b): inserts pre-built rows in batches of `batch_size`, one INSERT at a time.
-async fn raw_insert(clickhouse: &ClickHouseServer, events: &[AnalyticsEvent], batch_size: usize) -> Result<Timed> {
+/// Inserts `rows` into the scratch database `database`, `batch_size` rows per INSERT, one INSERT at a time.
+async fn raw_insert(
+    clickhouse: &ClickHouseServer,
+    rows: &[EventRow],
+    batch_size: usize,
+    database: &str,
+) -> Result<Timed> {
     let server = clickhouse::Client::default()
         .with_url(clickhouse.http_url())
         .with_validation(false);
-    let client = server.clone().with_database(RAW_DATABASE);
-    schema::migrate(&server, &client, RAW_DATABASE).await?;
-    let ingested_at = now_seconds();
-    let rows: Vec<EventRow> = events
-        .iter()
-        .enumerate()
-        .map(|(i, event)| {
-            let kind = event.event_type.clone().context("sample event without a type")?;
-            let subject = kind.subject();
-            let origin = Origin {
-                subject: &subject,
-                stream: "ANALYTICS",
-                stream_sequence: i as u64 + 1,
-                index: 0,
-                ingested_at,
-            };
-            Ok(to_row(event, &kind, &origin))
-        })
-        .collect::<Result<_>>()?;
-    let cpu = cpu_snapshot();
+    let client = server.clone().with_database(database);
+    schema::migrate(&server, &client, database).await?;
+    let cpu = CpuSnapshot::take();
     let started = Instant::now();
     for chunk in rows.chunks(batch_size) {
         insert(&client, chunk).await?;
     }
-    let elapsed = Timed::since(started, &cpu);
-    let stored = scalar(
-        clickhouse,
-        &format!("SELECT count() FROM {RAW_DATABASE}.{EVENTS_TABLE}"),
-    )
-    .await?;
+    let timed = Timed::since(started, &cpu);
+    let stored = scalar(clickhouse, &format!("SELECT count() FROM {database}.{EVENTS_TABLE}")).await?;
     ensure!(
-        stored == events.len() as u64,
+        stored == rows.len() as u64,
         "raw insert stored {stored} rows of {}",
-        events.len()
+        rows.len()
     );
-    // Drop it so its background merges do not compete with step (c).
-    clickhouse.query(&format!("DROP DATABASE {RAW_DATABASE}")).await?;
-    Ok(elapsed)
+    // Dropped so that its background merges do not compete with the next step.
+    clickhouse.query(&format!("DROP DATABASE {database}")).await?;
+    Ok(timed)
 }
 
 async fn scalar(clickhouse: &ClickHouseServer, sql: &str) -> Result<u64> {
@@ -370,6 +553,9 @@ async fn scalar(clickhouse: &ClickHouseServer, sql: &str) -> Result<u64> {
         .with_context(|| format!("`{sql}` answered {text:?}"))
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// (c) the service
+
 /// Resident set size of `pid` in KiB, from `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -377,97 +563,39 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// `(comm, ppid, utime + stime ticks)` of `pid`.
-fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_owned();
-    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
-    // After the comm: state(3) ppid(4) … utime(14) stime(15), numbered from 1 in proc(5).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, ppid, utime + stime))
-}
-
-/// CPU ticks used so far by this process and each of its children (nats-server, clickhouse-server, the
-/// service), keyed by program name.
-fn cpu_snapshot() -> Vec<(String, u64)> {
-    let me = std::process::id();
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let mut add = |name: String, ticks: u64| match out.iter_mut().find(|(n, _)| *n == name) {
-        Some((_, t)) => *t += ticks,
-        None => out.push((name, ticks)),
-    };
-    if let Some((_, _, ticks)) = proc_stat(me) {
-        add("ingest_bench".into(), ticks);
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if let Some((comm, ppid, ticks)) = proc_stat(pid)
-            && ppid == me
-        {
-            add(comm, ticks);
-        }
-    }
-    out
-}
-
-/// CPU seconds each program used between two snapshots, and the wall time, as one line.
-fn cpu_line(before: &[(String, u64)], after: &[(String, u64)], wall: Duration) -> String {
-    let mut parts = Vec::new();
-    let mut total = 0.0;
-    for (name, ticks) in after {
-        let start = before.iter().find(|(n, _)| n == name).map_or(0, |(_, t)| *t);
-        let seconds = ticks.saturating_sub(start) as f64 / TICKS_PER_SECOND;
-        if seconds > 0.0 {
-            total += seconds;
-            parts.push(format!("{name} {seconds:.2}"));
-        }
-    }
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    format!(
-        "CPU s: {} | total {total:.2} of {:.2} available ({cores} cores x {:.2} s wall)",
-        parts.join(", "),
-        wall.as_secs_f64() * cores as f64,
-        wall.as_secs_f64()
-    )
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 /// What step (c) measured.
 struct ServiceRun {
     /// Spawn until `count() FINAL` == N.
     total: Duration,
-    /// Spawn until the first row was visible (start-up plus the first batch).
+    /// Spawn until the first rows were visible (start-up plus the first batch).
     first_rows: Duration,
     /// Spawn until half the rows were visible.
     half: Duration,
     peak_first_half_kib: u64,
     peak_second_half_kib: u64,
-    peak_kib: u64,
     end_kib: u64,
     final_count: u64,
     distinct_ids: u64,
     physical_rows: u64,
+    /// `(rows, ms)` of each INSERT, from the service's log.
     inserts: Vec<(u64, u64)>,
     consumer_idle: bool,
-    cpu: String,
+    /// Highest `num_ack_pending` of the service's consumer seen while draining (sampled every 100 ms).
+    max_ack_pending_seen: usize,
+    cpu: CpuUse,
 }
 
-/// Removes ANSI escape sequences (the service's log is colored).
+impl ServiceRun {
+    fn peak_kib(&self) -> u64 {
+        self.peak_first_half_kib.max(self.peak_second_half_kib)
+    }
+
+    fn exactly_once(&self, n: usize) -> bool {
+        self.final_count == n as u64 && self.distinct_ids == n as u64
+    }
+}
+
+/// Removes ANSI escape sequences (in case the service's log is colored).
 fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
@@ -501,12 +629,14 @@ fn parse_inserts(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Step (c): the real service drains the backlog.
+/// Starts the service binary with `vars` (its consumer `consumer` and database `database`), times it until
+/// `count() FINAL` of `database` is `n`, then checks exactly-once and stops it.
 async fn run_service(
     clickhouse: &ClickHouseServer,
     js: &jetstream::Context,
     vars: &[(String, String)],
     consumer: &str,
+    database: &str,
     n: usize,
 ) -> Result<ServiceRun> {
     let binary = cargo_bin("analytics_server");
@@ -518,7 +648,7 @@ async fn run_service(
     let mut env = vars.to_vec();
     env.push(("RUST_LOG".into(), "info".into()));
     env.push(("NO_COLOR".into(), "1".into()));
-    let cpu = cpu_snapshot();
+    let cpu = CpuSnapshot::take();
     let started = Instant::now();
     let mut child = ChildProcess::spawn(&binary, Vec::<String>::new(), env).context("spawning analytics_server")?;
     let pid = child.pid();
@@ -541,7 +671,9 @@ async fn run_service(
         })
     };
 
-    let table = format!("{SERVICE_DATABASE}.{EVENTS_TABLE}");
+    let table = format!("{database}.{EVENTS_TABLE}");
+    let stream = js.get_stream("ANALYTICS").await?;
+    let mut max_ack_pending_seen = 0;
     let n64 = n as u64;
     let (mut first_rows, mut half) = (None, None);
     let deadline = started + Duration::from_secs(120) + Duration::from_millis(n64 / 2);
@@ -552,21 +684,18 @@ async fn run_service(
                 child.log_contents()
             );
         }
-        ensure!(
-            Instant::now() < deadline,
-            "analytics_server did not store {n} rows in time (have {}); end of its log:\n{}",
-            scalar(clickhouse, &format!("SELECT count() FROM {table}"))
+        if Instant::now() >= deadline {
+            let have = scalar(clickhouse, &format!("SELECT count() FROM {table}"))
                 .await
-                .unwrap_or(0),
-            child
-                .log_contents()
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        // The cheap physical count first (0 until the table exists); FINAL only once it can be complete.
+                .unwrap_or(0);
+            let log = child.log_contents();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            bail!(
+                "analytics_server did not store {n} rows in time (have {have}); end of its log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        // The cheap physical count first (an error until the table exists); FINAL only once it can be complete.
         let physical = scalar(clickhouse, &format!("SELECT count() FROM {table}"))
             .await
             .unwrap_or(0);
@@ -576,17 +705,19 @@ async fn run_service(
         if physical >= n64 / 2 && half.is_none() {
             half = Some(started.elapsed());
         }
+        if let Ok(info) = stream.consumer_info(consumer).await {
+            max_ack_pending_seen = max_ack_pending_seen.max(info.num_ack_pending);
+        }
         if physical >= n64 && scalar(clickhouse, &format!("SELECT count() FROM {table} FINAL")).await? == n64 {
             break started.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let cpu = cpu_line(&cpu, &cpu_snapshot(), total);
+    let cpu = CpuUse::between(&cpu, &CpuSnapshot::take(), total);
     let end_kib = rss_kib(pid).unwrap_or(0);
 
-    // The service acknowledges after each INSERT; wait (briefly) for the consumer to show nothing in flight.
+    // The service acknowledges after each INSERT: its consumer should show nothing pending shortly after.
     let consumer_idle = wait_until("service consumer idle", Duration::from_secs(15), || async {
-        let stream = js.get_stream("ANALYTICS").await.ok()?;
         let info = stream.consumer_info(consumer).await.ok()?;
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
@@ -597,11 +728,12 @@ async fn run_service(
     let final_count = scalar(clickhouse, &format!("SELECT count() FROM {table} FINAL")).await?;
     let distinct_ids = scalar(clickhouse, &format!("SELECT uniqExact(event_id) FROM {table}")).await?;
     let physical_rows = scalar(clickhouse, &format!("SELECT count() FROM {table}")).await?;
-    let status = child.terminate(Duration::from_secs(40)).await;
-    let inserts = parse_inserts(&child.log_contents());
-    if let Err(e) = status {
+    if let Err(e) = child.terminate(Duration::from_secs(40)).await {
         eprintln!("warning: stopping analytics_server: {e:#}");
     }
+    let inserts = parse_inserts(&child.log_contents());
+    // Dropped so that its background merges do not compete with the next round.
+    clickhouse.query(&format!("DROP DATABASE {database}")).await?;
 
     let half = half.unwrap_or(total);
     let samples = samples.lock().await;
@@ -619,23 +751,71 @@ async fn run_service(
         half,
         peak_first_half_kib: peak(Duration::ZERO, half),
         peak_second_half_kib: peak(half, total),
-        peak_kib: peak(Duration::ZERO, Duration::MAX),
         end_kib,
         final_count,
         distinct_ids,
         physical_rows,
         inserts,
         consumer_idle,
+        max_ack_pending_seen,
         cpu,
     })
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The run
+
+/// One round's measurements.
+struct Round {
+    bare: Timed,
+    raw: Timed,
+    service: ServiceRun,
+}
+
+impl Round {
+    fn bare_rate(&self, n: usize) -> f64 {
+        rate(n, self.bare.elapsed)
+    }
+
+    fn raw_rate(&self, n: usize) -> f64 {
+        rate(n, self.raw.elapsed)
+    }
+
+    fn service_rate(&self, n: usize) -> f64 {
+        rate(n, self.service.total)
+    }
+}
+
+/// `(vars, consumer, database)` of the service in round `round` (0-based): a fresh durable consumer (the
+/// configured one in the first round) and a fresh database, so every round drains the whole backlog.
+fn round_service_env(
+    base: &[(String, String)],
+    settings: &Settings,
+    round: usize,
+) -> (Vec<(String, String)>, String, String) {
+    let consumer = match round {
+        0 => settings.jetstream.consumer.clone(),
+        r => format!("{}_{}", settings.jetstream.consumer, r + 1),
+    };
+    let database = format!("bench_service_{}", round + 1);
+    let mut vars = base.to_vec();
+    let set = |vars: &mut Vec<(String, String)>, key: &str, value: String| {
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.to_owned(), value));
+    };
+    set(&mut vars, "ANALYTICS__JETSTREAM__CONSUMER", consumer.clone());
+    set(&mut vars, "ANALYTICS__CLICKHOUSE__DATABASE", database.clone());
+    set(&mut vars, "ANALYTICS__SERVER__PORT", free_port().to_string());
+    (vars, consumer, database)
+}
+
 async fn run() -> Result<bool> {
-    let args = Args::parse()?;
+    let mut args = Args::parse()?;
     let n = args.events;
     let wall = Instant::now();
     println!(
-        "ingest_bench: {n} events, batch_size {}, pull_batch {}, max_ack_pending {} ({} build)",
+        "ingest_bench: {n} events, {} round(s), batch_size {}, pull_batch {}, max_ack_pending {} ({} build)",
+        args.rounds,
         args.batch_size,
         args.pull_batch,
         args.max_ack_pending,
@@ -648,24 +828,24 @@ async fn run() -> Result<bool> {
         build_service_binary()?;
     }
 
-    println!("[1/5] starting private nats-server and clickhouse-server");
+    println!("[1] starting private nats-server and clickhouse-server");
     let (nats, clickhouse) = tokio::join!(NatsServer::start(), ClickHouseServer::start());
     let nats = nats.context("nats-server starts")?;
     let clickhouse = clickhouse.context("clickhouse-server starts")?;
     let version = clickhouse.query("SELECT version()").await?;
     println!(
-        "  NATS {} | ClickHouse {} at {}",
+        "    NATS {} | ClickHouse {} at {}",
         nats.url(),
         version.trim(),
         clickhouse.http_url()
     );
 
-    let vars: Vec<(String, String)> = vec![
+    let mut vars: Vec<(String, String)> = vec![
         ("ANALYTICS__SERVER__HOST".into(), "127.0.0.1".into()),
         ("ANALYTICS__SERVER__PORT".into(), free_port().to_string()),
         ("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL".into(), nats.url()),
         ("ANALYTICS__CLICKHOUSE__URL".into(), clickhouse.http_url()),
-        ("ANALYTICS__CLICKHOUSE__DATABASE".into(), SERVICE_DATABASE.into()),
+        ("ANALYTICS__CLICKHOUSE__DATABASE".into(), "bench_service_1".into()),
         ("ANALYTICS__BATCH_SIZE".into(), args.batch_size.to_string()),
         (
             "ANALYTICS__JETSTREAM__MAX_ACK_PENDING".into(),
@@ -674,16 +854,24 @@ async fn run() -> Result<bool> {
         ("ANALYTICS__JETSTREAM__PULL_BATCH".into(), args.pull_batch.to_string()),
         ("ANALYTICS__FLUSH_INTERVAL_SECONDS".into(), "1".into()),
     ];
+    for (key, value) in &args.service_env {
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.clone(), value.clone()));
+        println!("    service environment: {key}={value}");
+    }
     let settings = Settings::load(None, vars.clone()).context("service settings")?;
+    // `--service-env` may have overridden these.
+    args.batch_size = settings.batch_size;
+    args.pull_batch = settings.jetstream.pull_batch;
+    args.max_ack_pending = settings.jetstream.max_ack_pending;
 
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client.clone());
     ensure_stream(&js, &settings).await?;
 
-    println!("[2/5] publishing {n} events into {}", settings.jetstream.stream);
+    println!("[2] publishing {n} events into {}", settings.jetstream.stream);
     let events = make_events(n);
     let published = publish(&js, &events).await?;
-    let publish_time = published.elapsed;
     let stored = js
         .get_stream(&settings.jetstream.stream)
         .await?
@@ -692,115 +880,215 @@ async fn run() -> Result<bool> {
         .state
         .messages;
     ensure!(stored == n as u64, "stream holds {stored} messages, expected {n}");
-    let publish_rate = rate(n, publish_time);
+    let publish_rate = rate(n, published.elapsed);
     println!(
-        "  published in {:.2} s: {} events/s",
-        publish_time.as_secs_f64(),
+        "    {:.2} s: {} events/s",
+        published.elapsed.as_secs_f64(),
         fmt_rate(publish_rate)
     );
-    println!("  {}", published.cpu);
-
-    println!("[3/5] (a) bare JetStream consumer: pull + decode + ack");
-    let bare = bare_consume(&js, &settings, n).await?;
-    let bare_rate = rate(n, bare.elapsed);
-    println!(
-        "  {:.2} s: {} events/s",
-        bare.elapsed.as_secs_f64(),
-        fmt_rate(bare_rate)
-    );
-    println!("  {}", bare.cpu);
-
-    println!(
-        "[4/5] (b) raw ClickHouse INSERT of pre-built rows, {} per INSERT",
-        args.batch_size
-    );
-    let raw = raw_insert(&clickhouse, &events, args.batch_size).await?;
-    let raw_rate = rate(n, raw.elapsed);
-    println!("  {:.2} s: {} rows/s", raw.elapsed.as_secs_f64(), fmt_rate(raw_rate));
-    println!("  {}", raw.cpu);
+    println!("    {}", published.cpu.line());
+    let (rows, build_time) = build_rows(&events)?;
     drop(events);
+    let build_rate = rate(n, build_time);
 
-    println!("[5/5] (c) analytics_server binary drains the backlog");
-    let svc = run_service(&clickhouse, &js, &vars, &settings.jetstream.consumer, n).await?;
-    let svc_rate = rate(n, svc.total);
-    let drain_rate = rate(n, svc.total.saturating_sub(svc.first_rows));
-    println!("  {:.2} s: {} events/s", svc.total.as_secs_f64(), fmt_rate(svc_rate));
-    println!("  {}", svc.cpu);
+    let mut rounds: Vec<Round> = Vec::new();
+    for round in 0..args.rounds {
+        let tag = format!("[3.{}]", round + 1);
+        println!("{tag} (a) bare JetStream consumer: pull + decode + ack");
+        let bare = bare_consume(&js, &settings, n, &format!("bench_bare_{}", round + 1)).await?;
+        println!(
+            "      {:.2} s: {} events/s",
+            bare.elapsed.as_secs_f64(),
+            fmt_rate(rate(n, bare.elapsed))
+        );
+        println!("      {}", bare.cpu.line());
 
-    let ratio_a = svc_rate / bare_rate;
-    let ratio_b = svc_rate / raw_rate;
-    let exactly_once = svc.final_count == n as u64 && svc.distinct_ids == n as u64;
-    let insert_ms: u64 = svc.inserts.iter().map(|(_, ms)| ms).sum();
-    let insert_rows: u64 = svc.inserts.iter().map(|(rows, _)| rows).sum();
+        println!("{tag} (b) raw ClickHouse INSERT, {} rows per INSERT", args.batch_size);
+        let raw = raw_insert(&clickhouse, &rows, args.batch_size, &format!("bench_raw_{}", round + 1)).await?;
+        println!(
+            "      {:.2} s: {} rows/s",
+            raw.elapsed.as_secs_f64(),
+            fmt_rate(rate(n, raw.elapsed))
+        );
+        println!("      {}", raw.cpu.line());
+
+        let (round_vars, consumer, database) = round_service_env(&vars, &settings, round);
+        println!("{tag} (c) analytics_server binary drains the backlog (consumer {consumer}, database {database})");
+        let service = run_service(&clickhouse, &js, &round_vars, &consumer, &database, n).await?;
+        let insert_ms: u64 = service.inserts.iter().map(|(_, ms)| ms).sum();
+        println!(
+            "      {:.2} s: {} events/s | first rows after {:.2} s, half after {:.2} s | {} INSERTs took {} ms | \
+             peak RSS {:.1} MiB (first half {:.1}, second half {:.1}, drained {:.1}) | max ack pending seen {} \
+             | exactly once: {}",
+            service.total.as_secs_f64(),
+            fmt_rate(rate(n, service.total)),
+            service.first_rows.as_secs_f64(),
+            service.half.as_secs_f64(),
+            service.inserts.len(),
+            insert_ms,
+            mib(service.peak_kib()),
+            mib(service.peak_first_half_kib),
+            mib(service.peak_second_half_kib),
+            mib(service.end_kib),
+            service.max_ack_pending_seen,
+            if service.exactly_once(n) { "OK" } else { "VIOLATED" }
+        );
+        println!("      {}", service.cpu.line());
+        rounds.push(Round { bare, raw, service });
+    }
+
+    print_summary(&args, publish_rate, build_rate, &rounds, wall.elapsed());
+    Ok(rounds.iter().all(|r| r.service.exactly_once(n)))
+}
+
+fn print_summary(args: &Args, publish_rate: f64, build_rate: f64, rounds: &[Round], wall: Duration) {
+    let n = args.events;
+    let bare: Vec<f64> = rounds.iter().map(|r| r.bare_rate(n)).collect();
+    let raw: Vec<f64> = rounds.iter().map(|r| r.raw_rate(n)).collect();
+    let service: Vec<f64> = rounds.iter().map(|r| r.service_rate(n)).collect();
+    let ratios_a: Vec<f64> = rounds.iter().map(|r| r.service_rate(n) / r.bare_rate(n)).collect();
+    let (a, b, c) = (median(&bare), median(&raw), median(&service));
+    let ratio_a = c / a;
+    let ratio_b = c / b;
+    let each = |values: &[f64]| values.iter().map(|v| fmt_rate(*v)).collect::<Vec<_>>().join(" / ");
+    let drain: Vec<f64> = rounds
+        .iter()
+        .map(|r| rate(n, r.service.total.saturating_sub(r.service.first_rows)))
+        .collect();
+    let insert_share: Vec<f64> = rounds
+        .iter()
+        .map(|r| {
+            let ms: u64 = r.service.inserts.iter().map(|(_, ms)| ms).sum();
+            ms as f64 / 1000.0 / r.service.total.as_secs_f64().max(1e-9)
+        })
+        .collect();
+    let cpu_ratio: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.service.cpu.ours / r.bare.cpu.ours.max(1e-9))
+        .collect();
+    let peak = rounds.iter().map(|r| r.service.peak_kib()).max().unwrap_or(0);
+    let first_half = rounds.iter().map(|r| r.service.peak_first_half_kib).max().unwrap_or(0);
+    let second_half = rounds.iter().map(|r| r.service.peak_second_half_kib).max().unwrap_or(0);
+    let drained = rounds.iter().map(|r| r.service.end_kib).max().unwrap_or(0);
+    let all_once = rounds.iter().all(|r| r.service.exactly_once(n));
 
     println!();
-    println!("================ ingest_bench summary ({n} events) ================");
     println!(
-        "publish (JetStream, acked)            {:>12} events/s",
+        "======== ingest_bench summary: {n} events, {} round(s), batch_size {}, pull_batch {}, max_ack_pending {} \
+         ========",
+        rounds.len(),
+        args.batch_size,
+        args.pull_batch,
+        args.max_ack_pending
+    );
+    println!("                                              median    (each round)");
+    println!(
+        "publish, JetStream-acked           {:>12} events/s",
         fmt_rate(publish_rate)
     );
     println!(
-        "(a) bare consume+decode+ack           {:>12} events/s",
-        fmt_rate(bare_rate)
+        "(a) bare consume + decode + ack    {:>12} events/s  ({})",
+        fmt_rate(a),
+        each(&bare)
     );
     println!(
-        "(b) raw ClickHouse INSERT             {:>12} rows/s",
-        fmt_rate(raw_rate)
+        "(b) raw ClickHouse INSERT          {:>12} rows/s    ({})",
+        fmt_rate(b),
+        each(&raw)
     );
     println!(
-        "(c) analytics_server drain            {:>12} events/s",
-        fmt_rate(svc_rate)
+        "(c) analytics_server drain         {:>12} events/s  ({})",
+        fmt_rate(c),
+        each(&service)
     );
     println!(
-        "    (c) after its first rows landed    {:>12} events/s  (start-up + first batch {:.2} s)",
-        fmt_rate(drain_rate),
-        svc.first_rows.as_secs_f64()
+        "    (c) after its first rows       {:>12} events/s  ({}; start-up + first batch excluded)",
+        fmt_rate(median(&drain)),
+        each(&drain)
     );
     println!(
-        "    service INSERTs                    {:>12} in {} ms total ({} rows/s while inserting)",
-        svc.inserts.len(),
-        insert_ms,
-        fmt_rate(insert_rows as f64 * 1000.0 / (insert_ms.max(1) as f64))
+        "    decode + to_row, 1 thread      {:>12} events/s  (informational, no NATS)",
+        fmt_rate(build_rate)
     );
     println!(
-        "ratio c/a                              {:>12.2}  (target >= {TARGET_RATIO})",
-        ratio_a
-    );
-    println!("ratio c/b                              {:>12.2}", ratio_b);
-    println!("ingester peak RSS                      {:>12.1} MiB", mib(svc.peak_kib));
-    println!(
-        "    peak until half drained ({:>5.1} s) {:>12.1} MiB",
-        svc.half.as_secs_f64(),
-        mib(svc.peak_first_half_kib)
+        "    share of (c) inside INSERTs    {:>12.0} %       ({})",
+        100.0 * median(&insert_share),
+        insert_share
+            .iter()
+            .map(|s| format!("{:.0} %", 100.0 * s))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     println!(
-        "    peak in the second half            {:>12.1} MiB",
-        mib(svc.peak_second_half_kib)
-    );
-    println!("    RSS when drained                   {:>12.1} MiB", mib(svc.end_kib));
-    println!(
-        "exactly once                           {:>12}  (FINAL count {}, uniqExact(event_id) {}, physical rows {}, \
-         consumer idle: {})",
-        if exactly_once { "OK" } else { "VIOLATED" },
-        svc.final_count,
-        svc.distinct_ids,
-        svc.physical_rows,
-        svc.consumer_idle
+        "    CPU s of (c) / CPU s of (a)    {:>12.2}         ({})",
+        median(&cpu_ratio),
+        cpu_ratio
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
     println!(
-        "wall time                              {:>12.1} s",
-        wall.elapsed().as_secs_f64()
+        "ratio c/a                          {:>12.2}          ({}; target >= {TARGET_RATIO})",
+        ratio_a,
+        ratios_a
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
     );
+    println!("ratio c/b                          {:>12.2}", ratio_b);
+    let ack_seen = rounds.iter().map(|r| r.service.max_ack_pending_seen).max().unwrap_or(0);
+    println!(
+        "service consumer's ack pending    {:>12}  of max_ack_pending {}{}",
+        ack_seen,
+        args.max_ack_pending,
+        if ack_seen >= args.max_ack_pending {
+            " — reached: JetStream stopped delivering until INSERTs were acknowledged"
+        } else {
+            ""
+        }
+    );
+    println!("ingester peak RSS                  {:>12.1} MiB", mib(peak));
+    println!("    until half the backlog stored  {:>12.1} MiB", mib(first_half));
+    println!("    in the second half             {:>12.1} MiB", mib(second_half));
+    println!("    when drained                   {:>12.1} MiB", mib(drained));
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "exactly once, round {}             {:>12}  (count() FINAL {}, uniqExact(event_id) {}, physical rows {}, \
+             consumer idle {})",
+            i + 1,
+            if r.service.exactly_once(n) { "OK" } else { "VIOLATED" },
+            r.service.final_count,
+            r.service.distinct_ids,
+            r.service.physical_rows,
+            r.service.consumer_idle
+        );
+    }
+    println!("wall time                          {:>12.1} s", wall.as_secs_f64());
+    let noisy: Vec<String> = rounds
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            [("a", &r.bare.cpu), ("b", &r.raw.cpu), ("c", &r.service.cpu)]
+                .into_iter()
+                .filter(|(_, cpu)| cpu.noise() > NOISE_SHARE)
+                .map(move |(step, cpu)| format!("round {} ({step}) {:.0} %", i + 1, 100.0 * cpu.noise()))
+        })
+        .collect();
+    if !noisy.is_empty() {
+        println!(
+            "NOTE: other processes used more than {:.0} % of the CPU during: {} — those figures are unreliable",
+            100.0 * NOISE_SHARE,
+            noisy.join(", ")
+        );
+    }
     if ratio_a >= TARGET_RATIO {
         println!("TARGET MET: c/a = {ratio_a:.2} >= {TARGET_RATIO}");
     } else {
         println!("TARGET MISSED: c/a = {ratio_a:.2} < {TARGET_RATIO}");
     }
-    if !exactly_once {
-        eprintln!(
-            "EXACTLY-ONCE VIOLATED: expected {n}, FINAL count {}, uniqExact(event_id) {}",
-            svc.final_count, svc.distinct_ids
-        );
+    if !all_once {
+        println!("EXACTLY-ONCE VIOLATED: count() FINAL or uniqExact(event_id) differs from {n}");
     }
-    Ok(exactly_once)
 }

@@ -9,6 +9,7 @@ pub mod publisher;
 
 pub use client::ClientInfo;
 pub use event::{RequestContext, build_event};
+pub use outbox::OutboxRow;
 pub use publisher::{AnalyticsPublisher, PublishError, PublishOutcome, PublisherSettings};
 
 use crate::metrics::Metrics;
@@ -48,5 +49,19 @@ impl Analytics {
         outbox::enqueue(conn, &build_event(kind, request)).await?;
         self.metrics.events_written.inc();
         Ok(())
+    }
+
+    /// The outbox row of an event of `kind`, for a statement that writes it itself; `None` when analytics is
+    /// off. Call [`Analytics::written`] once the statement committed the row.
+    pub fn outbox_row(&self, kind: EventType, request: &RequestContext) -> Result<Option<OutboxRow>, sqlx::Error> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        OutboxRow::new(&build_event(kind, request)).map(Some)
+    }
+
+    /// Counts an event written to the outbox by a statement given its [`Analytics::outbox_row`].
+    pub fn written(&self) {
+        self.metrics.events_written.inc();
     }
 }

@@ -22,14 +22,38 @@ use tokio_util::sync::CancellationToken;
 /// The notification channel that wakes relays.
 pub const CHANNEL: &str = "analytics_outbox";
 
+/// An outbox row, encoded before it is written: statements that write it themselves (the message send, see
+/// `chat::store::send_message`) bind these fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The event's id, JetStream's dedup key.
+    pub event_id: uuid::Uuid,
+    /// The NATS subject it is published on.
+    pub subject: String,
+    /// The protobuf-encoded [`AnalyticsEvent`].
+    pub payload: Vec<u8>,
+}
+
+impl OutboxRow {
+    /// The row of `event`; refused when the event lacks a type or a UUID `event_id`.
+    pub fn new(event: &AnalyticsEvent) -> Result<Self, sqlx::Error> {
+        let (Some(subject), Ok(event_id)) = (event.subject(), uuid::Uuid::parse_str(event.event_id())) else {
+            // Events are built by `build_event`, which always sets both; refuse loudly rather than store junk.
+            return Err(sqlx::Error::Protocol(
+                "analytics event without type or UUID event_id".into(),
+            ));
+        };
+        Ok(Self {
+            event_id,
+            subject,
+            payload: event.encode_to_vec(),
+        })
+    }
+}
+
 /// Writes `event` to the outbox on `conn` (the caller's transaction).
 pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
-    let (Some(subject), Ok(event_id)) = (event.subject(), uuid::Uuid::parse_str(event.event_id())) else {
-        // Events are built by `build_event`, which always sets both; refuse loudly rather than store junk.
-        return Err(sqlx::Error::Protocol(
-            "analytics event without type or UUID event_id".into(),
-        ));
-    };
+    let row = OutboxRow::new(event)?;
     let suffix = event
         .event_type
         .as_ref()
@@ -37,9 +61,9 @@ pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<
         .unwrap_or_default();
     tracing::debug!("📊 Queuing analytics event: {} for user: {}", suffix, event.user_id());
     sqlx::query("INSERT INTO analytics_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
-        .bind(event_id)
-        .bind(&subject)
-        .bind(event.encode_to_vec())
+        .bind(row.event_id)
+        .bind(&row.subject)
+        .bind(&row.payload)
         .execute(&mut *conn)
         .await?;
     sqlx::query("SELECT pg_notify($1, '')")

@@ -2,11 +2,12 @@
 //!
 //! Only members reach a chat's messages: outsiders get 404, users viewing a public channel they have not joined
 //! get 403. Sending writes the message, bumps the chat's `last_activity_at`, writes the `message_sent` analytics
-//! event and notifies live streams, all in one transaction.
+//! event and notifies live streams, all in one statement (one round trip, one transaction: see
+//! `store::send_message`).
 
 use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
-use crate::chat::store::{self, NewMessage};
+use crate::chat::store::{self, NewMessage, Sent};
 use crate::chat::{Message, validate};
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
@@ -98,10 +99,17 @@ async fn send_message(
     ApiPath(chat_id): ApiPath<i64>,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
-    let mut tx = state.pool.begin().await?;
-    store::access(&mut tx, chat_id, user).await?.require_member()?;
-    validate::message_body(&body.content, &body.files)?;
-    let key = validate::idempotency_key(body.idempotency_key.as_deref())?;
+    let mut conn = state.pool.acquire().await?;
+    let checked = validate::message_body(&body.content, &body.files)
+        .and_then(|()| validate::idempotency_key(body.idempotency_key.as_deref()));
+    let key = match checked {
+        Ok(key) => key,
+        Err(invalid) => {
+            // Outsiders learn nothing, not even that their message was invalid: 404 (or 403) comes first.
+            store::access(&mut conn, chat_id, user).await?.require_member()?;
+            return Err(invalid);
+        }
+    };
     let new = NewMessage {
         chat_id,
         sender_id: user.user_id,
@@ -109,26 +117,35 @@ async fn send_message(
         files: &body.files,
         idempotency_key: key,
     };
-    let Some(message) = store::insert_message(&mut tx, new).await? else {
-        // A replay: the key's message exists (committed; a concurrent first attempt was waited for by the
-        // unique index). Nothing was written, so no event either.
-        let original = match key {
-            Some(key) => store::message_by_key(&mut tx, chat_id, user.user_id, key).await?,
-            None => None,
-        };
-        let original = original.ok_or_else(|| anyhow::anyhow!("message insert conflicted without a match"))?;
-        return Ok((StatusCode::OK, Json(original)));
-    };
-    let kind = EventType::MessageSent(validate::message_sent(chat_id, &message.content, &message.files));
-    state
+    // Built before the statement: the event does not name the message, so the statement can write it.
+    let kind = EventType::MessageSent(validate::message_sent(chat_id, &body.content, &body.files));
+    let event = state
         .analytics
-        .record(&mut tx, kind, &client.context(user.user_id, user.workspace_id))
-        .await?;
-    live::notify(&mut tx, &Notice::message(LiveKind::MessageCreated, &message)).await?;
-    // Last before the commit, so the chat row's lock (see `touch_chat`) is held as briefly as possible.
-    store::touch_chat(&mut tx, chat_id, message.created_at).await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(message)))
+        .outbox_row(kind, &client.context(user.user_id, user.workspace_id))?;
+    // Twice at most: a caller who was not a member when the statement ran but is one when `access` looks has
+    // just joined, and sends again.
+    for _ in 0..2 {
+        match store::send_message(&mut conn, user, new, event.as_ref()).await? {
+            Sent::Created { message, event_written } => {
+                if event_written {
+                    state.analytics.written();
+                }
+                return Ok((StatusCode::CREATED, Json(message)));
+            }
+            Sent::Replay => {
+                // The key's message exists (committed; a concurrent first attempt was waited for by the unique
+                // index). Nothing was written, so no event either.
+                let original = match key {
+                    Some(key) => store::message_by_key(&mut conn, chat_id, user.user_id, key).await?,
+                    None => None,
+                };
+                let original = original.ok_or_else(|| anyhow::anyhow!("message insert conflicted without a match"))?;
+                return Ok((StatusCode::OK, Json(original)));
+            }
+            Sent::NotMember => store::access(&mut conn, chat_id, user).await?.require_member()?,
+        }
+    }
+    Err(anyhow::anyhow!("membership of chat {chat_id} changed during the send").into())
 }
 
 /// A page of a chat's history, newest first (members only).
