@@ -9,7 +9,6 @@ pub mod batcher;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
-pub mod error;
 pub mod http;
 pub mod jetstream;
 pub mod metrics;

@@ -8,11 +8,11 @@
 use crate::batcher::Batch;
 use crate::dead_letter::DeadLetters;
 use crate::decode::{decode, subject_mismatch};
-use crate::error::chain;
 use crate::metrics::Metrics;
 use crate::row::{Origin, to_row};
 use crate::source::{Ack, Incoming};
 use async_nats::jetstream::AckKind;
+use fechatter_service::error::chain;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;

@@ -6,12 +6,12 @@
 //! repeated; the ReplacingMergeTree collapses the copies.
 
 use crate::batcher::Batch;
-use crate::error::chain;
 use crate::metrics::Metrics;
 use crate::row::EventRow;
 use crate::schema::EVENTS_TABLE;
 use crate::source::Ack;
 use async_nats::jetstream::AckKind;
+use fechatter_service::error::chain;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,7 +4,6 @@
 
 use crate::config::Settings;
 use crate::dead_letter::DeadLetters;
-use crate::error::chain;
 use crate::http::{self, AppState};
 use crate::jetstream::{SetupError, ensure_consumer, ensure_dead_letter_stream, ensure_stream};
 use crate::metrics::Metrics;
@@ -12,6 +11,7 @@ use crate::pipeline::{self, PipelineSettings};
 use crate::schema::{self, SchemaError};
 use crate::sink::{ClickHouseSink, SinkSettings, backoff};
 use crate::source::{self, PullSettings};
+use fechatter_service::error::chain;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -16,14 +16,4 @@ pub mod seed;
 pub mod startup;
 pub mod state;
 
-/// Formats an error with its whole cause chain (`outer: cause: root cause`), for logs.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+pub use fechatter_service::error_chain;

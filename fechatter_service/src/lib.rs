@@ -1,8 +1,10 @@
 //! What every Fechatter service binary shares: layered configuration with errors that name the key
-//! ([`config`]), logging set-up ([`telemetry`]) and signal-driven shutdown ([`shutdown`]).
+//! ([`config`]), error cause chains for logs ([`error`]), logging set-up ([`telemetry`]) and signal-driven shutdown ([`shutdown`]).
 
 pub mod config;
+pub mod error;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{ConfigError, load};
+pub use error::chain as error_chain;

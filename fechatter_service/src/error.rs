@@ -1,4 +1,4 @@
-//! Error reporting shared by the service's modules.
+//! Error reporting shared by both services.
 
 /// Formats an error with its whole cause chain (`outer: cause: root cause`), for logs.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
