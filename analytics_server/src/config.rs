@@ -131,6 +131,27 @@ pub struct ClickHouseSettings {
     pub insert_timeout_seconds: u64,
     /// Cap of the backoff between INSERT retries, in seconds.
     pub max_retry_backoff_seconds: u64,
+    /// Compression of INSERT bodies.
+    pub compression: InsertCompression,
+}
+
+/// How INSERT bodies travel to ClickHouse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InsertCompression {
+    /// LZ4 (a third of the bytes on the wire; costs CPU on both ends).
+    Lz4,
+    /// Uncompressed: cheaper when ClickHouse runs on the same host or a fast local network.
+    None,
+}
+
+impl From<InsertCompression> for clickhouse::Compression {
+    fn from(value: InsertCompression) -> Self {
+        match value {
+            InsertCompression::Lz4 => Self::Lz4,
+            InsertCompression::None => Self::None,
+        }
+    }
 }
 
 impl Settings {
@@ -166,14 +187,16 @@ impl Settings {
             return invalid("server.max_batch_events", "must be at least 1".into());
         }
         let js = &self.jetstream;
-        if js.max_ack_pending < 3 * self.batch_size {
+        // Held at once: the batch being inserted, the one queued behind it, the one being built, and what the
+        // source has pulled but the pipeline has not yet taken (the channel and the pull in flight).
+        let needed = 3 * self.batch_size + 2 * js.pull_batch;
+        if js.max_ack_pending < needed {
             return invalid(
                 "jetstream.max_ack_pending",
                 format!(
-                    "{} cannot hold the batch being built, the one queued and the one being inserted \
-                     (needs at least 3 x batch_size = {})",
+                    "{} cannot hold the batch being built, the one queued, the one being inserted and two pulls \
+                     (needs at least 3 x batch_size + 2 x jetstream.pull_batch = {needed})",
                     js.max_ack_pending,
-                    3 * self.batch_size
                 ),
             );
         }

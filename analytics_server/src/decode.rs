@@ -5,7 +5,7 @@
 //! dead-letters it instead of retrying it forever.
 
 use fechatter_protos::v1::analytics_event::EventType;
-use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
+use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest, EventContext};
 use prost::Message as _;
 
 /// Why a message is poison. The variant name is the `reason` label of the failure metric.
@@ -36,10 +36,20 @@ impl DecodeError {
 /// An event with its oneof taken out, so callers need no second check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvent {
-    /// The event as received.
-    pub event: AnalyticsEvent,
+    /// The event's context as received (moved out of the event, not copied: this is the hot path).
+    pub context: Option<EventContext>,
     /// Its kind.
     pub kind: EventType,
+}
+
+impl DecodedEvent {
+    /// The event put back together (tests and diagnostics; the pipeline never needs it).
+    pub fn to_event(&self) -> AnalyticsEvent {
+        AnalyticsEvent {
+            context: self.context.clone(),
+            event_type: Some(self.kind.clone()),
+        }
+    }
 }
 
 /// Decodes the payload of a message received on `subject`.
@@ -68,8 +78,11 @@ pub fn decode(
     events
         .into_iter()
         .enumerate()
-        .map(|(index, event)| match event.event_type.clone() {
-            Some(kind) => Ok(DecodedEvent { event, kind }),
+        .map(|(index, event)| match event.event_type {
+            Some(kind) => Ok(DecodedEvent {
+                context: event.context,
+                kind,
+            }),
             None => Err(DecodeError::MissingEventType { index }),
         })
         .collect()
@@ -94,7 +107,7 @@ mod tests {
         let bytes = event.encode_to_vec();
         let decoded = decode("fechatter.analytics.user.login", &bytes, BATCH, 1 << 20).expect("valid");
         assert_eq!(decoded.len(), 1);
-        assert_eq!(decoded[0].event, event);
+        assert_eq!(decoded[0].to_event(), event);
     }
 
     #[test]
@@ -102,7 +115,7 @@ mod tests {
         let events = sample_events();
         let bytes = BatchRecordEventsRequest { events: events.clone() }.encode_to_vec();
         let decoded = decode(BATCH, &bytes, BATCH, 1 << 20).expect("valid");
-        assert_eq!(decoded.into_iter().map(|d| d.event).collect::<Vec<_>>(), events);
+        assert_eq!(decoded.iter().map(DecodedEvent::to_event).collect::<Vec<_>>(), events);
     }
 
     #[test]

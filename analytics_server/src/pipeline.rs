@@ -108,7 +108,7 @@ async fn handle(
         Ok(events) => {
             let ingested_at = now_seconds();
             let rows = events
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(index, decoded)| {
                     tracing::debug!("✅ Successfully parsed protobuf event: {}", decoded.kind.type_name());
@@ -127,7 +127,7 @@ async fn handle(
                         index,
                         ingested_at,
                     };
-                    to_row(&decoded.event, &decoded.kind, &origin)
+                    to_row(decoded.context, &decoded.kind, &origin)
                 })
                 .collect::<Vec<_>>();
             metrics.events_received.inc_by(rows.len() as u64);

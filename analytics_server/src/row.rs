@@ -99,13 +99,18 @@ pub fn legacy_event_id(origin: &Origin<'_>) -> String {
     Uuid::new_v5(&LEGACY_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
-/// Builds the row for `event`. `kind` is the event's oneof, which the decoder has checked is set.
-pub fn to_row(event: &AnalyticsEvent, kind: &EventType, origin: &Origin<'_>) -> EventRow {
-    let ctx = event.context.clone().unwrap_or_default();
-    let system = ctx.system.clone();
-    let geo = ctx.geo.clone();
-    let sys = system.clone().unwrap_or_default();
-    let g = geo.clone().unwrap_or_default();
+/// Builds the row for an event from its context and its oneof (which the decoder has checked is set). The
+/// context is taken by value so its strings move into the row instead of being copied.
+pub fn to_row(context: Option<EventContext>, kind: &EventType, origin: &Origin<'_>) -> EventRow {
+    let mut ctx = context.unwrap_or_default();
+    let (has_system, sys) = match ctx.system.take() {
+        Some(system) => (1, system),
+        None => (0, SystemInfo::default()),
+    };
+    let (has_geo, g) = match ctx.geo.take() {
+        Some(geo) => (1, geo),
+        None => (0, GeoLocation::default()),
+    };
     let event_id = if ctx.event_id.is_empty() {
         legacy_event_id(origin)
     } else {
@@ -133,14 +138,14 @@ pub fn to_row(event: &AnalyticsEvent, kind: &EventType, origin: &Origin<'_>) -> 
         app_version: ctx.app_version,
         user_agent: ctx.user_agent,
         ip: ctx.ip,
-        has_system: u8::from(system.is_some()),
+        has_system,
         system_os: sys.os,
         system_arch: sys.arch,
         system_locale: sys.locale,
         system_timezone: sys.timezone,
         system_browser: sys.browser,
         system_browser_version: sys.browser_version,
-        has_geo: u8::from(geo.is_some()),
+        has_geo,
         geo_country: g.country,
         geo_region: g.region,
         geo_city: g.city,
@@ -202,7 +207,7 @@ mod tests {
     fn every_kind_survives_the_row_round_trip() {
         for event in sample_events() {
             let kind = event.event_type.clone().expect("samples set the oneof");
-            let row = to_row(&event, &kind, &origin(7, 0));
+            let row = to_row(event.context.clone(), &kind, &origin(7, 0));
             assert_eq!(to_event(&row).expect("decodes"), event, "{}", row.event_type);
         }
     }
@@ -221,9 +226,9 @@ mod tests {
         if let Some(ctx) = event.context.as_mut() {
             ctx.server_ts = 86_400_000 * 3 + 5;
         }
-        assert_eq!(to_row(&event, &kind, &origin(1, 0)).event_date, 3);
+        assert_eq!(to_row(event.context.clone(), &kind, &origin(1, 0)).event_date, 3);
         event.context = None;
-        let row = to_row(&event, &kind, &origin(1, 0));
+        let row = to_row(None, &kind, &origin(1, 0));
         assert_eq!(row.event_date, (1_700_000_000 / 86_400) as u16);
         assert!(!row.event_id.is_empty());
     }

@@ -92,6 +92,7 @@ impl Application {
             .with_url(&ch.url)
             .with_user(&ch.user)
             .with_password(&ch.password)
+            .with_compression(ch.compression.into())
             // Validation needs RowBinaryWithNamesAndTypes, which ClickHouse 18.16 lacks; the round-trip tests
             // guard the row layout instead.
             .with_validation(false);
