@@ -29,7 +29,7 @@ use analytics_server::pipeline::{self, PipelineSettings};
 use analytics_server::row::EventRow;
 use analytics_server::schema::{self, EVENTS_TABLE};
 use analytics_server::sink::{ClickHouseSink, SinkSettings};
-use analytics_server::source::{self, Ack, Incoming, PullSettings};
+use analytics_server::source::{self, Ack, Incoming};
 use anyhow::{Context, Result, bail, ensure};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
@@ -238,13 +238,13 @@ async fn run_stage(
     let (batch_tx, batch_rx) = mpsc::channel::<Batch<Ack>>(1);
     let started = Instant::now();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    let pull = PullSettings {
-        stream: js_settings.stream.clone(),
-        pull_batch: js_settings.pull_batch,
-    };
+    // The source re-creates the consumer by the settings' name if pulling fails: give it this stage's name.
+    let mut source_settings = settings.clone();
+    source_settings.jetstream.consumer = name.clone();
     tasks.push(tokio::spawn(source::run_jetstream(
+        js.clone(),
+        Arc::new(source_settings),
         consumer,
-        pull,
         in_tx,
         token.clone(),
     )));

@@ -154,6 +154,20 @@ impl From<InsertCompression> for clickhouse::Compression {
     }
 }
 
+impl ClickHouseSettings {
+    /// A client for the server (no database selected; `.with_database(&self.database)` for the tables).
+    pub fn client(&self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_password(&self.password)
+            .with_compression(self.compression.into())
+            // Validation needs RowBinaryWithNamesAndTypes, which ClickHouse 18.16 lacks; the round-trip tests
+            // guard the row layout instead.
+            .with_validation(false)
+    }
+}
+
 impl Settings {
     /// Loads the defaults, the file named by `ANALYTICS_CONFIG` (if set) and the environment, then validates.
     pub fn from_env() -> Result<Self, ConfigError> {

@@ -173,6 +173,18 @@ pub fn consumer_config(settings: &Settings) -> pull::Config {
     }
 }
 
+/// Makes everything the ingester consumes through exist: the stream, the dead-letter stream and the durable
+/// consumer. Run at start-up, and again by the source whenever pulling fails, so that a stream deleted by an
+/// operator (or lost with a NATS server's storage) is re-created and consumption resumes without a restart.
+pub async fn ensure_all(
+    js: &Context,
+    settings: &Settings,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, SetupError> {
+    ensure_stream(js, settings).await?;
+    ensure_dead_letter_stream(js, settings).await?;
+    ensure_consumer(js, settings).await
+}
+
 /// Creates the durable pull consumer, or updates it to the configured limits.
 pub async fn ensure_consumer(
     js: &Context,

@@ -6,6 +6,7 @@
 //! [`startup`] wires it together with the HTTP API ([`http`]); [`schema`] owns the ClickHouse tables.
 
 pub mod batcher;
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;

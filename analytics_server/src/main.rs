@@ -1,8 +1,11 @@
-//! The `analytics_server` binary: load configuration, start, run until SIGTERM or ctrl-c.
+//! The `analytics_server` binary: without a subcommand (or with `serve`), load configuration, start, and run
+//! until SIGTERM or ctrl-c; with one, run an operator command ([`analytics_server::cli`]).
 
+use analytics_server::cli::{self, Cli, Command};
 use analytics_server::config::Settings;
 use analytics_server::startup::Application;
 use anyhow::Context;
+use clap::Parser as _;
 use fechatter_service::{shutdown, telemetry};
 use std::process::ExitCode;
 
@@ -13,9 +16,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args = Cli::parse();
     telemetry::init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
+    let outcome = match args.command {
+        None | Some(Command::Serve) => serve().await.map(|()| true),
+        Some(command) => cli::run(command).await,
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(err) => {
             // The cause chain on one line, without a backtrace: these are operator errors, not bugs.
             tracing::error!(error = format!("{err:#}"), "analytics_server failed");
@@ -24,7 +33,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn serve() -> anyhow::Result<()> {
     let settings = Settings::from_env().context("Failed to load configuration")?;
     let app = Application::build(settings)
         .await

@@ -81,6 +81,8 @@ pub mod queries {
     /// Events by type, duplicates collapsed.
     pub const COUNT_BY_TYPE: &str =
         "SELECT event_type, count() AS events FROM analytics_events FINAL GROUP BY event_type ORDER BY event_type";
+    /// Whether one event is stored (the connection probe of `analytics_server send-test-event`).
+    pub const COUNT_EVENT_ID: &str = "SELECT count() FROM analytics_events FINAL WHERE event_id = ?";
     /// One user's events of one type, newest first.
     pub const EVENTS_OF_USER: &str = "SELECT ?fields FROM analytics_events FINAL \
          WHERE user_id = ? AND event_type = ? ORDER BY server_ts DESC LIMIT 100";
@@ -185,6 +187,7 @@ pub fn all_statements(database: &str) -> Vec<String> {
             .replacen('?', "'u'", 1)
             .replacen('?', "'user_login'", 1),
     );
+    out.push(queries::COUNT_EVENT_ID.replacen('?', "'e'", 1));
     out
 }
 

@@ -6,11 +6,15 @@
 //! the consumer's `max_ack_pending` are what keep memory flat however large the backlog. The task stops
 //! pulling when the shutdown token is cancelled and closes the channel, which lets the pipeline flush.
 
+use crate::config::Settings;
+use crate::jetstream::ensure_all;
 use async_nats::Subject;
-use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{Consumer, pull};
+use async_nats::jetstream::{AckKind, Context};
 use bytes::Bytes;
+use fechatter_service::error::chain;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -52,46 +56,48 @@ impl Ack {
     }
 }
 
-/// Settings of a pull source.
-#[derive(Debug, Clone)]
-pub struct PullSettings {
-    /// Stream name, for logs.
-    pub stream: String,
-    /// Messages per pull request.
-    pub pull_batch: usize,
-}
-
 /// Pulls from `consumer` into `tx` until `shutdown` is cancelled or the receiver is gone.
 ///
-/// Errors of the pull stream (a missed heartbeat, NATS restarting) are logged and the stream is re-created
-/// with capped backoff: the consumer is durable, so nothing is skipped.
+/// Errors of the pull stream (a missed heartbeat, NATS restarting, the consumer or stream deleted) are logged,
+/// the stream, dead-letter stream and consumer are made to exist again ([`ensure_all`]) and pulling resumes with
+/// capped backoff: the consumer is durable, so nothing is skipped.
 pub async fn run_jetstream(
-    consumer: Consumer<pull::Config>,
-    settings: PullSettings,
+    js: Context,
+    settings: Arc<Settings>,
+    mut consumer: Consumer<pull::Config>,
     tx: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) {
+    let stream = &settings.jetstream.stream;
     let mut backoff = Duration::from_millis(100);
+    let mut failed = false;
     'outer: while !shutdown.is_cancelled() {
+        if failed {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            match ensure_all(&js, &settings).await {
+                Ok(c) => consumer = c,
+                Err(err) => {
+                    tracing::warn!(error = %chain(&err), %stream, "JetStream set-up failed; retrying");
+                    continue;
+                }
+            }
+        }
         let messages = consumer
             .stream()
-            .max_messages_per_batch(settings.pull_batch)
+            .max_messages_per_batch(settings.jetstream.pull_batch)
             .expires(Duration::from_secs(30))
             .heartbeat(Duration::from_secs(10))
             .messages()
             .await;
         let mut messages = match messages {
-            Ok(m) => {
-                backoff = Duration::from_millis(100);
-                m
-            }
+            Ok(m) => m,
             Err(err) => {
-                tracing::warn!(error = %err, stream = %settings.stream, "failed to start pulling; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tracing::warn!(error = %err, %stream, "failed to start pulling; retrying");
+                failed = true;
                 continue;
             }
         };
@@ -103,6 +109,11 @@ pub async fn run_jetstream(
             };
             match next {
                 Some(Ok(message)) => {
+                    if failed {
+                        tracing::info!(%stream, "pulling again");
+                        failed = false;
+                        backoff = Duration::from_millis(100);
+                    }
                     let (stream_sequence, delivered) = message
                         .info()
                         .map(|i| (i.stream_sequence, i.delivered))
@@ -125,14 +136,18 @@ pub async fn run_jetstream(
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(error = %err, "pull stream error; re-creating the pull stream");
+                    tracing::warn!(error = %err, %stream, "pull stream error; re-creating the pull stream");
+                    failed = true;
                     break;
                 }
-                None => break,
+                None => {
+                    failed = true;
+                    break;
+                }
             }
         }
     }
-    tracing::info!(stream = %settings.stream, "stopped pulling");
+    tracing::info!(%stream, "stopped pulling");
 }
 
 /// Subscribes to `subject` with core NATS and forwards into `tx` until `shutdown` is cancelled.

@@ -5,12 +5,12 @@
 use crate::config::Settings;
 use crate::dead_letter::DeadLetters;
 use crate::http::{self, AppState};
-use crate::jetstream::{SetupError, ensure_consumer, ensure_dead_letter_stream, ensure_stream};
+use crate::jetstream::{SetupError, ensure_all};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineSettings};
 use crate::schema::{self, SchemaError};
 use crate::sink::{ClickHouseSink, SinkSettings, backoff};
-use crate::source::{self, PullSettings};
+use crate::source;
 use fechatter_service::error::chain;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,14 +88,7 @@ impl Application {
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
         let ch = &settings.clickhouse;
-        let server = clickhouse::Client::default()
-            .with_url(&ch.url)
-            .with_user(&ch.user)
-            .with_password(&ch.password)
-            .with_compression(ch.compression.into())
-            // Validation needs RowBinaryWithNamesAndTypes, which ClickHouse 18.16 lacks; the round-trip tests
-            // guard the row layout instead.
-            .with_validation(false);
+        let server = ch.client();
         let clickhouse = server.clone().with_database(&ch.database);
         let version = with_startup_retries("ClickHouse", || schema::migrate(&server, &clickhouse, &ch.database))
             .await
@@ -121,9 +114,7 @@ impl Application {
             tracing::info!(url = %messaging.nats_url, "connected to NATS");
             if messaging.jetstream_enabled {
                 let js = async_nats::jetstream::new(client.clone());
-                ensure_stream(&js, &settings).await?;
-                ensure_dead_letter_stream(&js, &settings).await?;
-                consumer = Some(ensure_consumer(&js, &settings).await?);
+                consumer = Some(ensure_all(&js, &settings).await?);
                 jetstream = Some(js);
             }
             nats = Some(client);
@@ -173,12 +164,14 @@ impl Application {
         let (in_tx, in_rx) = mpsc::channel(js_settings.pull_batch.max(1));
         let (batch_tx, batch_rx) = mpsc::channel(1);
 
-        if let Some(consumer) = state.consumer.clone() {
-            let pull = PullSettings {
-                stream: js_settings.stream.clone(),
-                pull_batch: js_settings.pull_batch,
-            };
-            tracker.spawn(source::run_jetstream(consumer, pull, in_tx, shutdown.clone()));
+        if let (Some(consumer), Some(js)) = (state.consumer.clone(), state.jetstream.clone()) {
+            tracker.spawn(source::run_jetstream(
+                js,
+                settings.clone(),
+                consumer,
+                in_tx,
+                shutdown.clone(),
+            ));
         } else if let Some(nats) = state.nats.clone() {
             let subject = settings.integrations.messaging.subjects.analytics_events.clone();
             tracker.spawn(source::run_core(nats, subject, in_tx, shutdown.clone()));

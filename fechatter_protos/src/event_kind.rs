@@ -53,6 +53,9 @@ macro_rules! event_kinds {
         /// Every type name, in field-number order (`app_start` = 10 … `bot_response` = 25).
         pub const ALL_TYPE_NAMES: [&str; 16] = [$($name),+];
 
+        /// Every subject suffix (`user.login`), in the same order as [`ALL_TYPE_NAMES`].
+        pub const ALL_SUBJECT_SUFFIXES: [&str; 16] = [$($suffix),+];
+
         /// Maps a subject suffix (`user.login`) back to its type name (`user_login`).
         fn type_name_for_suffix(suffix: &str) -> Option<&'static str> {
             match suffix {
@@ -124,6 +127,14 @@ impl EventType {
     }
 }
 
+/// Every subject a publisher of single events uses, one per kind (`fechatter.analytics.app.start`, …).
+pub fn all_subjects() -> Vec<String> {
+    ALL_SUBJECT_SUFFIXES
+        .iter()
+        .map(|suffix| format!("{SUBJECT_PREFIX}.{suffix}"))
+        .collect()
+}
+
 /// The type name published on `subject`, e.g.
 /// `"fechatter.analytics.user.login"` → `Some("user_login")`.
 ///
@@ -165,6 +176,12 @@ mod tests {
             .into_iter()
             .filter_map(|event| event.event_type)
             .collect()
+    }
+
+    #[test]
+    fn all_subjects_are_the_subjects_of_every_kind() {
+        let from_kinds: Vec<String> = sample_kinds().iter().map(EventType::subject).collect();
+        assert_eq!(all_subjects(), from_kinds);
     }
 
     #[test]

@@ -10,7 +10,10 @@
 pub mod event_kind;
 pub mod samples;
 
-pub use event_kind::{ALL_TYPE_NAMES, BATCH_SUBJECT, KindError, SUBJECT_PREFIX, type_name_from_subject};
+pub use event_kind::{
+    ALL_SUBJECT_SUFFIXES, ALL_TYPE_NAMES, BATCH_SUBJECT, KindError, SUBJECT_PREFIX, all_subjects,
+    type_name_from_subject,
+};
 pub use samples::sample_events;
 
 /// Generated `fechatter.v1` messages (prost) and their proto3 JSON serde impls (pbjson).

@@ -3,6 +3,8 @@
 //! - `fechatter_server` serves the chat API until SIGTERM or ctrl-c.
 //! - `fechatter_server seed` creates the development user `super@none.org` / `password123` and exits.
 //! - `fechatter_server gen-keys DIR` writes a fresh Ed25519 key pair (`private.pem`, `public.pem`) to DIR.
+//! - `fechatter_server analytics-config` prints, as JSON, whether analytics are published, to which NATS server
+//!   and on which subjects (read by `analytics_server check-publisher`).
 
 use anyhow::Context as _;
 use fechatter_server::config::Settings;
@@ -49,7 +51,21 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(other) => anyhow::bail!("unknown command {other:?} (expected none, `seed` or `gen-keys DIR`)"),
+        Some("analytics-config") => {
+            // What this instance publishes, for `analytics_server check-publisher` (the fix script pipes one into
+            // the other). Every event type has its own subject.
+            let settings = Settings::from_env().context("Failed to load configuration")?;
+            let out = serde_json::json!({
+                "messaging_enabled": settings.features.messaging.enabled,
+                "nats_url": settings.messaging.nats_url,
+                "subjects": fechatter_protos::all_subjects(),
+            });
+            println!("{out}");
+            Ok(())
+        }
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?} (expected none, `seed`, `gen-keys DIR` or `analytics-config`)")
+        }
         None => {
             let settings = Settings::from_env().context("Failed to load configuration")?;
             let app = Application::build(settings)

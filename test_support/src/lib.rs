@@ -6,6 +6,7 @@
 //! * [`ChildProcess`] / [`cargo_bin`] — run a binary (e.g. the service under test) with its
 //!   output captured to a log file, and stop it with SIGTERM or SIGKILL.
 //! * [`free_port`], [`wait_until`], [`wait_until_ok`] — small utilities.
+//! * [`config_keys`] — configuration keys as README.md, a service's YAML file and its code know them.
 //!
 //! Every server listens on 127.0.0.1 only, on ports picked by [`free_port`], and keeps all of its
 //! files in its own [`tempfile::TempDir`], so any number of instances can run side by side and next
@@ -42,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod clickhouse;
+pub mod config_keys;
 mod nats;
 mod postgres;
 mod process;
