@@ -176,6 +176,10 @@ cat <<TXT
   Send an event from a client app:
     curl -X POST http://127.0.0.1:$ANALYTICS_PORT/api/event -H 'Content-Type: application/json' \\
       -d '{"context": {"userId": "123"}, "userLogin": {"email": "super@none.org", "loginMethod": "password"}}'
+  Watch events live, decoded:      target/release/analytics_server monitor
+  Stream and consumer state:       target/release/analytics_server status
+  Check the whole path:            scripts/test-analytics-connection.sh
+  Repair it:                       scripts/fix-analytics-connection.sh
   See it in ClickHouse:
     curl 'http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/' --data-binary \\
       'SELECT event_type, user_id, payload FROM fechatter_analytics.analytics_events FINAL ORDER BY server_ts DESC LIMIT 5'

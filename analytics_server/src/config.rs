@@ -141,7 +141,7 @@ pub struct ClickHouseSettings {
 pub enum InsertCompression {
     /// LZ4 (a third of the bytes on the wire; costs CPU on both ends).
     Lz4,
-    /// Uncompressed: cheaper when ClickHouse runs on the same host or a fast local network.
+    /// Uncompressed: no compression work on either end, more bytes for ClickHouse to read.
     None,
 }
 
