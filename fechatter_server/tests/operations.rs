@@ -271,12 +271,25 @@ async fn the_fix_script_names_a_configuration_mismatch() {
     assert!(text.contains("FECHATTER__FEATURES__MESSAGING__ENABLED=true"), "{text}");
 }
 
-/// `docker compose` (the Compose v2 CLI plugin that scripts/install-deps.sh links).
+/// `docker compose …`: the Compose v2 binary that scripts/install-deps.sh links as the Docker CLI plugin, run
+/// through the `docker` CLI when there is one, else directly (the plugin binary also works standalone).
 fn compose(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("docker")
-        .arg("compose")
+    let file = workspace_root().join("docker-compose.yml");
+    let has_docker_cli = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut command = if has_docker_cli {
+        let mut c = std::process::Command::new("docker");
+        c.arg("compose");
+        c
+    } else {
+        let home = std::env::var_os("HOME").expect("HOME is set");
+        std::process::Command::new(Path::new(&home).join(".docker/cli-plugins/docker-compose"))
+    };
+    command
         .arg("-f")
-        .arg(workspace_root().join("docker-compose.yml"))
+        .arg(file)
         .args(args)
         .output()
         .expect("docker compose runs (scripts/install-deps.sh installs it)")
