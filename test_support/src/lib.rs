@@ -53,4 +53,4 @@ pub use clickhouse::ClickHouseServer;
 pub use nats::NatsServer;
 pub use postgres::PostgresServer;
 pub use process::{ChildProcess, cargo_bin};
-pub use util::{free_port, try_free_port, wait_until, wait_until_ok};
+pub use util::{free_port, require_program, try_free_port, wait_until, wait_until_ok};

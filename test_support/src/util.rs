@@ -179,7 +179,7 @@ pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
 }
 
 /// Like [`find_program`], with an error that says how to install it.
-pub(crate) fn require_program(name: &str) -> Result<PathBuf> {
+pub fn require_program(name: &str) -> Result<PathBuf> {
     find_program(name).ok_or_else(|| anyhow!("`{name}` not found in PATH or /usr/sbin; run scripts/install-deps.sh"))
 }
 
