@@ -45,6 +45,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Most events accepted in one `POST /api/batch`.
     pub max_batch_events: usize,
+    /// Ingest requests accepted per minute from one client address (bursts up to the same number); 429 above.
+    pub ingest_rate_limit_per_minute: u32,
 }
 
 /// External systems.
@@ -199,6 +201,9 @@ impl Settings {
         }
         if self.server.max_batch_events == 0 {
             return invalid("server.max_batch_events", "must be at least 1".into());
+        }
+        if self.server.ingest_rate_limit_per_minute == 0 {
+            return invalid("server.ingest_rate_limit_per_minute", "must be at least 1".into());
         }
         let js = &self.jetstream;
         // Held at once: the batch being inserted, the one queued behind it, the one being built, and what the

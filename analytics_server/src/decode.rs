@@ -157,4 +157,339 @@ mod tests {
         );
         assert_eq!(subject_mismatch("fechatter.analytics.whatever", &login), None);
     }
+
+    // Hostile input. Every decode below must return (a panic fails the test, and proptest shrinks the input that
+    // caused it), every Err must name a known reason, and the size limit must hold before anything is decoded.
+    // The generators are seeded (same inputs every run); `FECHATTER_TEST_FULL=1` tries ten times as many.
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
+    use std::cell::Cell;
+
+    const SINGLE: &str = "fechatter.analytics.user.login";
+    const LIMIT: usize = 1 << 20;
+    const REASONS: [&str; 4] = ["too_large", "invalid_protobuf", "missing_event_type", "empty_batch"];
+
+    /// `n`, or ten times `n` with `FECHATTER_TEST_FULL=1`.
+    fn scaled(n: u32) -> u32 {
+        if std::env::var("FECHATTER_TEST_FULL").is_ok_and(|v| v == "1") {
+            n * 10
+        } else {
+            n
+        }
+    }
+
+    /// Decodes `payload` on `subject` and checks what every answer must satisfy, whatever the bytes.
+    fn check(subject: &str, payload: &[u8], max: usize) -> Result<Vec<DecodedEvent>, DecodeError> {
+        let result = decode(subject, payload, BATCH, max);
+        match &result {
+            Ok(events) if subject == BATCH => assert!(!events.is_empty(), "a decoded batch is never empty"),
+            Ok(events) => assert_eq!(events.len(), 1, "a single-event subject yields one event"),
+            Err(err) => {
+                assert!(REASONS.contains(&err.reason()), "unknown reason {:?}", err.reason());
+                assert!(!err.to_string().is_empty(), "{err:?} has no message");
+            }
+        }
+        if payload.len() > max {
+            assert_eq!(
+                result,
+                Err(DecodeError::TooLarge {
+                    size: payload.len(),
+                    limit: max
+                }),
+                "over the limit is too_large, before decoding"
+            );
+        } else {
+            assert!(
+                !matches!(result, Err(DecodeError::TooLarge { .. })),
+                "within the limit is never too_large"
+            );
+        }
+        result
+    }
+
+    /// Checks `payload` on the single-event subject and on the batch subject; returns the number of decodes (2).
+    fn check_both(payload: &[u8], max: usize) -> usize {
+        check(SINGLE, payload, max).ok();
+        check(BATCH, payload, max).ok();
+        2
+    }
+
+    /// Runs `test` on `cases` values of `strategy` from a fixed seed, fails with the shrunk input on a panic or
+    /// failed assertion, and prints how many decodes ran.
+    fn run_seeded<S: Strategy>(name: &str, cases: u32, strategy: S, test: impl Fn(S::Value) -> usize)
+    where
+        S::Value: std::fmt::Debug,
+    {
+        let tried = Cell::new(0usize);
+        let config = ProptestConfig {
+            cases: scaled(cases),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+        let result = runner.run(&strategy, |value| {
+            tried.set(tried.get() + test(value));
+            Ok(())
+        });
+        if let Err(failure) = result {
+            panic!("{name}: {failure}");
+        }
+        println!("FIGURES hostile_input_decode_{name}: inputs={}", tried.get());
+    }
+
+    /// The valid encodings every mutation starts from, with the subject each is valid on: each sample event
+    /// alone, and all of them as one batch.
+    fn valid_encodings() -> Vec<(&'static str, Vec<u8>)> {
+        let mut all: Vec<(&str, Vec<u8>)> = sample_events().iter().map(|e| (SINGLE, e.encode_to_vec())).collect();
+        let batch = BatchRecordEventsRequest {
+            events: sample_events(),
+        };
+        all.push((BATCH, batch.encode_to_vec()));
+        all
+    }
+
+    /// A varint as protobuf writes it.
+    fn varint(value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_varint(value, &mut out);
+        out
+    }
+
+    /// A field key: field number and wire type.
+    fn key(field: u64, wire_type: u64) -> Vec<u8> {
+        varint((field << 3) | wire_type)
+    }
+
+    /// Lengths no real payload has.
+    const HUGE_LENGTHS: [u64; 9] = [
+        u64::MAX,
+        i64::MAX as u64,
+        u64::MAX - 1,
+        1 << 63,
+        u32::MAX as u64,
+        (u32::MAX as u64) + 1,
+        i32::MAX as u64,
+        1 << 31,
+        LIMIT as u64,
+    ];
+
+    #[test]
+    fn arbitrary_bytes_never_panic_on_either_subject() {
+        let limits = prop_oneof![Just(LIMIT), 0..64usize];
+        run_seeded(
+            "arbitrary_bytes",
+            2048,
+            (prop::collection::vec(any::<u8>(), 0..2048), limits),
+            |(bytes, max)| check_both(&bytes, max),
+        );
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_encoding_is_decoded_or_refused() {
+        let mut tried = 0;
+        for (subject, full) in valid_encodings() {
+            for len in 0..=full.len() {
+                tried += check_both(&full[..len], LIMIT);
+            }
+            assert!(check(subject, &full, LIMIT).is_ok(), "the whole encoding is valid");
+        }
+        println!("FIGURES hostile_input_decode_truncations: inputs={tried}");
+    }
+
+    #[test]
+    fn every_single_bit_flip_of_a_valid_encoding_is_decoded_or_refused() {
+        let mut tried = 0;
+        for (_, full) in valid_encodings() {
+            for bit in 0..full.len() * 8 {
+                let mut flipped = full.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                tried += check_both(&flipped, LIMIT);
+            }
+        }
+        println!("FIGURES hostile_input_decode_bit_flips: inputs={tried}");
+    }
+
+    #[test]
+    fn several_bit_flips_and_byte_overwrites_are_decoded_or_refused() {
+        let encodings = valid_encodings();
+        let count = encodings.len();
+        let edits = prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), any::<bool>()), 1..16);
+        run_seeded("mutations", 1024, (0..count, edits), |(which, edits)| {
+            let mut bytes = encodings[which].1.clone();
+            for (at, value, overwrite) in edits {
+                let i = at.index(bytes.len());
+                if overwrite {
+                    bytes[i] = value;
+                } else {
+                    bytes[i] ^= 1 << (value % 8);
+                }
+            }
+            check_both(&bytes, LIMIT)
+        });
+    }
+
+    #[test]
+    fn huge_length_prefixes_are_refused_without_allocating_them() {
+        let event = sample_events().remove(2).encode_to_vec();
+        let mut tried = 0;
+        // At the top level of an event and of a batch, inside a (correctly framed) context and inside a batched
+        // event, after a valid prefix, and as overlong varints.
+        for len in HUGE_LENGTHS {
+            for field in [1, 10, 12, 16, 25, 99, 536_870_911] {
+                let mut top = key(field, 2);
+                top.extend(varint(len));
+                top.extend(b"tail");
+                tried += check_both(&top, LIMIT);
+                let mut after_valid = event.clone();
+                after_valid.extend(&top);
+                tried += check_both(&after_valid, LIMIT);
+
+                let mut inner = key(field.min(12), 2);
+                inner.extend(varint(len));
+                inner.extend(b"xy");
+                let mut framed = key(1, 2);
+                framed.extend(varint(inner.len() as u64));
+                framed.extend(&inner);
+                tried += check_both(&framed, LIMIT);
+                let mut batched = key(1, 2);
+                batched.extend(varint(framed.len() as u64));
+                batched.extend(&framed);
+                tried += check_both(&batched, LIMIT);
+            }
+        }
+        for overlong in [
+            vec![0xff; 10],
+            vec![0xff; 11],
+            vec![0x80; 64],
+            [vec![0x0a], vec![0xff; 12]].concat(),
+        ] {
+            tried += check_both(&overlong, LIMIT);
+            let mut after_valid = event.clone();
+            after_valid.extend(&overlong);
+            tried += check_both(&after_valid, LIMIT);
+        }
+        // Random lengths after random valid prefixes, on random field numbers.
+        let encodings = valid_encodings();
+        let count = encodings.len();
+        let tail = prop::collection::vec(any::<u8>(), 0..64);
+        run_seeded(
+            "huge_lengths",
+            1024,
+            (
+                0..count,
+                any::<prop::sample::Index>(),
+                1u64..1 << 29,
+                any::<u64>(),
+                tail,
+            ),
+            |(which, cut, field, len, tail)| {
+                let full = &encodings[which].1;
+                let mut bytes = full[..cut.index(full.len() + 1)].to_vec();
+                bytes.extend(key(field, 2));
+                bytes.extend(varint(len));
+                bytes.extend(tail);
+                check_both(&bytes, LIMIT)
+            },
+        );
+        println!("FIGURES hostile_input_decode_huge_lengths_fixed: inputs={tried}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_exhausting_the_stack() {
+        let mut tried = 0;
+        // 100k unknown start-groups, and 100k nested length-delimited fields (each claims to hold the rest).
+        let groups: Vec<u8> = key(99, 3).repeat(100_000);
+        tried += check_both(&groups, LIMIT);
+        // Built inside out: each level's prefix frames everything inside it.
+        let mut prefixes: Vec<Vec<u8>> = Vec::new();
+        let mut inside = 0usize;
+        for _ in 0..100_000 {
+            let prefix = [key(1, 2), varint(inside as u64)].concat();
+            inside += prefix.len();
+            prefixes.push(prefix);
+        }
+        let nested: Vec<u8> = prefixes.into_iter().rev().flatten().collect();
+        tried += check_both(&nested, LIMIT);
+        tried += check_both(&nested, usize::MAX);
+        println!("FIGURES hostile_input_decode_deep_nesting: inputs={tried}");
+    }
+
+    /// One protobuf field with an arbitrary number, wire type and content: what a hostile encoder would write.
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        let number = prop_oneof![1u64..32, 0u64..1 << 29, Just(0u64)];
+        let content = prop_oneof![
+            any::<u64>().prop_map(varint),
+            any::<[u8; 8]>().prop_map(|b| b.to_vec()),
+            any::<[u8; 4]>().prop_map(|b| b.to_vec()),
+            prop::collection::vec(any::<u8>(), 0..48).prop_map(|b| [varint(b.len() as u64), b].concat()),
+            (any::<u64>(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(n, b)| [varint(n), b].concat()),
+            Just(Vec::new()),
+        ];
+        (number, 0u64..8, content).prop_map(|(number, wire_type, content)| [key(number, wire_type), content].concat())
+    }
+
+    /// A message made of such fields, nested in length-delimited fields up to a few levels deep.
+    fn message() -> impl Strategy<Value = Vec<u8>> {
+        let leaf = prop::collection::vec(field(), 0..8).prop_map(|fields| fields.concat());
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop::collection::vec((1u64..32, inner), 0..6).prop_map(|fields| {
+                fields
+                    .into_iter()
+                    .flat_map(|(number, body)| [key(number, 2), varint(body.len() as u64), body].concat())
+                    .collect()
+            })
+        })
+    }
+
+    #[test]
+    fn structured_garbage_is_decoded_or_refused() {
+        run_seeded("structured", 2048, message(), |bytes| check_both(&bytes, LIMIT));
+    }
+
+    #[test]
+    fn the_size_limit_holds_at_every_length() {
+        let full = BatchRecordEventsRequest {
+            events: sample_events(),
+        }
+        .encode_to_vec();
+        let len = full.len();
+        run_seeded("size_limit", 512, (0..=len, 0..=len + 1), |(cut, max)| {
+            let bytes = &full[..cut];
+            let _ = check(BATCH, bytes, max);
+            if cut == len {
+                assert_eq!(decode(BATCH, bytes, BATCH, max).is_ok(), len <= max);
+            }
+            1
+        });
+    }
+
+    #[test]
+    fn valid_events_with_arbitrary_field_values_decode_to_themselves() {
+        let samples = sample_events();
+        let count = samples.len();
+        let text = prop_oneof![any::<String>(), "[\\x00-\\x7f]{0,300}", Just(String::new())];
+        run_seeded(
+            "valid_arbitrary",
+            512,
+            (0..count, text.clone(), text, any::<i64>(), any::<i64>()),
+            |(which, user_id, event_id, client_ts, server_ts)| {
+                let mut event = samples[which].clone();
+                let ctx = event.context.get_or_insert_with(Default::default);
+                ctx.user_id = user_id;
+                ctx.event_id = event_id;
+                ctx.client_ts = client_ts;
+                ctx.server_ts = server_ts;
+                let bytes = event.encode_to_vec();
+                let decoded = check(SINGLE, &bytes, LIMIT).expect("a valid event decodes");
+                assert_eq!(decoded[0].to_event(), event);
+                let batch = BatchRecordEventsRequest {
+                    events: vec![event.clone(), event.clone()],
+                }
+                .encode_to_vec();
+                assert_eq!(check(BATCH, &batch, LIMIT).expect("a valid batch decodes").len(), 2);
+                2
+            },
+        );
+    }
 }

@@ -12,6 +12,7 @@ use crate::schema::{self, SchemaError};
 use crate::sink::{ClickHouseSink, SinkSettings, backoff};
 use crate::source;
 use fechatter_service::error::chain;
+use fechatter_service::rate_limit::RateLimiter;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -129,6 +130,7 @@ impl Application {
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(settings.server.port);
         let state = AppState {
+            ingest_limiter: Arc::new(RateLimiter::per_minute(settings.server.ingest_rate_limit_per_minute)),
             settings: settings.clone(),
             metrics,
             nats,

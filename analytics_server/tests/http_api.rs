@@ -248,3 +248,34 @@ async fn bad_requests_get_a_4xx_naming_the_problem() {
     assert_eq!(stack.count_final().await, 0, "nothing refused was stored");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_over_the_ingest_rate_limit_gets_429_before_its_body_is_read() {
+    let stack = Stack::start().await;
+    let app = stack
+        .run_in_process(&[("ANALYTICS__SERVER__INGEST_RATE_LIMIT_PER_MINUTE", "3")])
+        .await;
+    let body = events(1)[0].encode_to_vec();
+    for _ in 0..3 {
+        let (status, body) = post(&app.url("/api/event"), "application/x-protobuf", body.clone()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, answer) = post(&app.url("/api/event"), "application/x-protobuf", body).await;
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"], "rate_limited");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server.ingest_rate_limit_per_minute")),
+        "{answer}"
+    );
+    // A batch counts once, and the refusal comes before the body is even looked at.
+    let (status, _) = post(
+        &app.url("/api/batch"),
+        "application/x-protobuf",
+        b"not protobuf".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 429);
+    app.stop().await;
+}

@@ -11,7 +11,6 @@ pub mod error;
 pub mod http;
 pub mod live;
 pub mod metrics;
-pub mod rate_limit;
 pub mod seed;
 pub mod startup;
 pub mod state;

@@ -9,9 +9,9 @@ use crate::config::Settings;
 use crate::http;
 use crate::live::LiveHub;
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
 use crate::state::AppState;
 use anyhow::Context as _;
+use fechatter_service::rate_limit::RateLimiter;
 use sqlx::postgres::PgPoolOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,10 +80,7 @@ impl Application {
             .with_context(|| format!("Failed to bind {address}"))?;
         let port = listener.local_addr()?.port();
         let state = AppState {
-            auth_limiter: Arc::new(RateLimiter::new(
-                settings.server.auth_rate_limit_per_minute,
-                Duration::from_secs(60),
-            )),
+            auth_limiter: Arc::new(RateLimiter::per_minute(settings.server.auth_rate_limit_per_minute)),
             analytics: Analytics::new(enabled, metrics.clone()),
             live: LiveHub::new(),
             settings,

@@ -5,7 +5,7 @@ use crate::auth::JwtKeys;
 use crate::config::Settings;
 use crate::live::LiveHub;
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
+use fechatter_service::rate_limit::RateLimiter;
 use sqlx::PgPool;
 use std::sync::Arc;
 

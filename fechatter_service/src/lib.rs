@@ -1,8 +1,10 @@
 //! What every Fechatter service binary shares: layered configuration with errors that name the key
-//! ([`config`]), error cause chains for logs ([`error`]), logging set-up ([`telemetry`]) and signal-driven shutdown ([`shutdown`]).
+//! ([`config`]), error cause chains for logs ([`error`]), logging set-up ([`telemetry`]), signal-driven shutdown
+//! ([`shutdown`]) and per-client rate limiting ([`rate_limit`]).
 
 pub mod config;
 pub mod error;
+pub mod rate_limit;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -236,6 +236,19 @@ impl FromRequest<AppState> for IngestRequest {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        // Before the body is read: a flooding client costs no more than this check. Keyed on the peer address,
+        // which a client cannot forge the way it can a forwarded-for header.
+        if !state.ingest_limiter.check(addr.ip()) {
+            return Err(refused(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} requests per minute from {} (server.ingest_rate_limit_per_minute)",
+                    state.settings.server.ingest_rate_limit_per_minute,
+                    addr.ip()
+                ),
+            )));
+        }
         let body = read_body(state, body).await?;
         Ok(Self {
             encoding,

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use async_nats::jetstream::consumer::{Consumer, pull};
 use axum::Router;
+use fechatter_service::rate_limit::RateLimiter;
 use std::sync::Arc;
 
 /// What every handler can reach.
@@ -29,6 +30,8 @@ pub struct AppState {
     pub consumer: Option<Consumer<pull::Config>>,
     /// ClickHouse client bound to the analytics database.
     pub clickhouse: clickhouse::Client,
+    /// Per-client limit of ingest requests.
+    pub ingest_limiter: Arc<RateLimiter>,
 }
 
 /// The whole API.
