@@ -127,6 +127,9 @@ else
         [ "$(id -u)" = 0 ] && chown postgres "$PGDATA_DIR"
         as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -A trust -U postgres >"$STATE_DIR/logs/initdb.log"
     fi
+    # pg_ctl writes its log as the postgres user.
+    touch "$STATE_DIR/logs/postgres.log"
+    [ "$(id -u)" = 0 ] && chown postgres "$STATE_DIR/logs/postgres.log"
     as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$STATE_DIR/logs/postgres.log" \
         -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1" -w start >/dev/null
     echo "pg_ctl:$PGDATA_DIR" >"$STATE_DIR/pids/postgres.pgctl"
@@ -136,17 +139,21 @@ DATABASE_URL=${FECHATTER__DATABASE__URL:-postgres://postgres@127.0.0.1:$PG_PORT/
 psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'fechatter'" | grep -q 1 ||
     psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE fechatter"
 
-cargo build --release -p analytics_server -p fechatter_server --bins
+# FECHATTER_BIN_DIR=dir runs binaries built elsewhere (the tests use their debug build) instead of building.
+BIN_DIR=${FECHATTER_BIN_DIR:-target/release}
+if [ -z "${FECHATTER_BIN_DIR:-}" ]; then
+    cargo build --release -p analytics_server -p fechatter_server --bins
+fi
 ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL=${ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL:-nats://127.0.0.1:$NATS_PORT} \
 ANALYTICS__CLICKHOUSE__URL=${ANALYTICS__CLICKHOUSE__URL:-http://127.0.0.1:$CLICKHOUSE_HTTP_PORT} \
 ANALYTICS__SERVER__PORT=$ANALYTICS_PORT \
-    start_bg analytics_server "$STATE_DIR/logs/analytics_server.log" target/release/analytics_server
+    start_bg analytics_server "$STATE_DIR/logs/analytics_server.log" "$BIN_DIR/analytics_server"
 wait_for "analytics_server" curl -fsS "http://127.0.0.1:$ANALYTICS_PORT/health"
 ok "analytics_server started on $ANALYTICS_PORT"
 
 # Signing keys are generated once per machine and never committed.
 if [ ! -s "$STATE_DIR/keys/private.pem" ]; then
-    target/release/fechatter_server gen-keys "$STATE_DIR/keys" >/dev/null
+    "$BIN_DIR/fechatter_server" gen-keys "$STATE_DIR/keys" >/dev/null
     chmod 600 "$STATE_DIR/keys/private.pem"
 fi
 export FECHATTER__DATABASE__URL=$DATABASE_URL
@@ -155,8 +162,8 @@ export FECHATTER__AUTH__PRIVATE_KEY_PATH=$STATE_DIR/keys/private.pem
 export FECHATTER__AUTH__PUBLIC_KEY_PATH=$STATE_DIR/keys/public.pem
 export FECHATTER__FILES__DIR=${FECHATTER__FILES__DIR:-$STATE_DIR/files}
 export FECHATTER__SERVER__PORT=$CHAT_PORT
-target/release/fechatter_server seed
-start_bg fechatter_server "$STATE_DIR/logs/fechatter_server.log" target/release/fechatter_server
+"$BIN_DIR/fechatter_server" seed
+start_bg fechatter_server "$STATE_DIR/logs/fechatter_server.log" "$BIN_DIR/fechatter_server"
 wait_for "fechatter_server" curl -fsS "http://127.0.0.1:$CHAT_PORT/health"
 ok "fechatter_server started on $CHAT_PORT"
 
@@ -176,8 +183,8 @@ cat <<TXT
   Send an event from a client app:
     curl -X POST http://127.0.0.1:$ANALYTICS_PORT/api/event -H 'Content-Type: application/json' \\
       -d '{"context": {"userId": "123"}, "userLogin": {"email": "super@none.org", "loginMethod": "password"}}'
-  Watch events live, decoded:      target/release/analytics_server monitor
-  Stream and consumer state:       target/release/analytics_server status
+  Watch events live, decoded:      $BIN_DIR/analytics_server monitor
+  Stream and consumer state:       $BIN_DIR/analytics_server status
   Check the whole path:            scripts/test-analytics-connection.sh
   Repair it:                       scripts/fix-analytics-connection.sh
   See it in ClickHouse:

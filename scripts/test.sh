@@ -3,9 +3,16 @@
 # ClickHouse, PostgreSQL, chDB) when missing, checks formatting and lints, then runs every test. The tests start
 # their own private servers on free ports in temporary directories; nothing system-wide is used or changed.
 #
-# Usage: scripts/test.sh [extra cargo test arguments]
+# Usage: scripts/test.sh [--full] [extra cargo test arguments]
+#   --full  the reliability suite at full size (100k events, 60 s outages, 10x fuzz cases; tens of minutes)
+#           instead of the sizes that fit CI; see docs/reliability.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--full" ]; then
+    export FECHATTER_TEST_FULL=1
+    shift
+fi
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -366,3 +366,113 @@ fn the_compose_file_is_valid_and_wires_health_checks() {
         }
     }
 }
+
+/// `scripts/run-local.sh stop` for a state directory, whatever happens to the test.
+struct RunLocal {
+    env: Vec<(String, String)>,
+}
+
+impl RunLocal {
+    fn command(&self, arg: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(workspace_root().join("scripts/run-local.sh"))
+            .arg(arg)
+            .current_dir(workspace_root())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+}
+
+impl Drop for RunLocal {
+    fn drop(&mut self) {
+        let mut command = std::process::Command::new("bash");
+        command
+            .arg(workspace_root().join("scripts/run-local.sh"))
+            .arg("stop")
+            .current_dir(workspace_root())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let _ = command.output();
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_local_starts_the_system_reusing_a_healthy_nats_and_stops_only_what_it_started() {
+    // A NATS already running and healthy: run-local must reuse it, and leave it running on stop.
+    let mut nats = NatsServer::start().await.expect("nats");
+    let state = TempDir::new().expect("tempdir");
+    // PostgreSQL runs as the postgres user, which must be able to reach its data directory inside this one.
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(state.path())
+        .status()
+        .expect("chmod");
+    let bin_dir = cargo_bin("analytics_server").parent().expect("dir").to_path_buf();
+    binary("analytics_server");
+    binary("fechatter_server");
+    let (pg, ch_http, ch_tcp, analytics, chat) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let env: Vec<(String, String)> = [
+        ("NATS_PORT", nats.port().to_string()),
+        ("NATS_MONITOR_PORT", nats.monitor_port().to_string()),
+        ("PG_PORT", pg.to_string()),
+        ("CLICKHOUSE_HTTP_PORT", ch_http.to_string()),
+        ("CLICKHOUSE_TCP_PORT", ch_tcp.to_string()),
+        ("ANALYTICS_PORT", analytics.to_string()),
+        ("CHAT_PORT", chat.to_string()),
+        ("FECHATTER_STATE_DIR", state.path().display().to_string()),
+        ("FECHATTER_BIN_DIR", bin_dir.display().to_string()),
+        ("ANALYTICS__FLUSH_INTERVAL_SECONDS", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let run_local = RunLocal { env };
+
+    let out = run_local.command("--detach").output().await.expect("run-local runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("---- scripts/run-local.sh --detach\n{text}");
+    assert!(out.status.success(), "{text}");
+    for line in [
+        format!("NATS already running on {} (reused)", nats.port()),
+        format!("ClickHouse started on {ch_http}"),
+        format!("PostgreSQL started on {pg}"),
+        format!("analytics_server started on {analytics}"),
+        format!("fechatter_server started on {chat}"),
+        "super@none.org".to_owned(),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+    }
+
+    // The system it started works end to end: the seed's sign-in lands in ClickHouse.
+    let out = tokio::process::Command::new("bash")
+        .arg(workspace_root().join("scripts/test-analytics-connection.sh"))
+        .env("CHAT_URL", format!("http://127.0.0.1:{chat}"))
+        .env("ANALYTICS_URL", format!("http://127.0.0.1:{analytics}"))
+        .env("NATS_MONITOR_URL", nats.monitor_url())
+        .env("CLICKHOUSE_URL", format!("http://127.0.0.1:{ch_http}"))
+        .output()
+        .await
+        .expect("bash runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+
+    let out = run_local.command("stop").output().await.expect("stop runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("---- scripts/run-local.sh stop\n{text}");
+    assert!(out.status.success(), "{text}");
+    for port in [pg, ch_http, analytics, chat] {
+        assert!(!port_open(port), "port {port} still open after stop:\n{text}");
+    }
+    assert!(
+        nats.is_running() && port_open(nats.port()),
+        "the reused NATS must keep running"
+    );
+}
