@@ -7,10 +7,8 @@
 //! lack, no field the file lacks), and an unknown key in any section must be refused, naming it and listing the
 //! section's fields, which must be the file's.
 
-use std::collections::BTreeSet;
-
 use fechatter_server::config::{DEFAULTS, ENV_PREFIX, Settings};
-use test_support::config_keys::{accepted_fields, env_name, readme_keys, sections, yaml_keys};
+use test_support::config_keys::{env_name, readme_problems, section_problems};
 
 const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
 
@@ -29,29 +27,9 @@ fn signing_keys() -> Vec<(String, String)> {
 }
 
 #[test]
-fn readme_lists_every_key_of_chat_yml_and_no_other() {
-    let yaml: BTreeSet<String> = yaml_keys(DEFAULTS).into_iter().collect();
-    let rows = readme_keys(README, ENV_PREFIX);
-    let readme: BTreeSet<String> = rows.iter().map(|(key, _)| key.clone()).collect();
-    let missing: Vec<&String> = yaml.difference(&readme).collect();
-    let extra: Vec<&String> = readme.difference(&yaml).collect();
-    let duplicated: Vec<&String> = rows.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| &w[0].0).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty() && duplicated.is_empty(),
-        "README.md's fechatter_server configuration table and chat.yml disagree\n  \
-         keys missing from README.md: {missing:?}\n  README.md rows naming no key of chat.yml: {extra:?}\n  \
-         keys listed twice: {duplicated:?}"
-    );
-}
-
-#[test]
-fn readme_environment_variables_follow_the_naming_rule() {
-    let wrong: Vec<String> = readme_keys(README, ENV_PREFIX)
-        .into_iter()
-        .filter(|(key, variable)| *variable != env_name(ENV_PREFIX, key))
-        .map(|(key, variable)| format!("`{key}` lists {variable}, expected {}", env_name(ENV_PREFIX, &key)))
-        .collect();
-    assert!(wrong.is_empty(), "README.md rows with a wrong variable: {wrong:#?}");
+fn readme_lists_every_key_of_chat_yml_and_no_other_with_its_variable() {
+    let problems = readme_problems(README, DEFAULTS, ENV_PREFIX, "chat.yml");
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[test]
@@ -66,41 +44,10 @@ fn chat_yml_loads_on_its_own() {
 
 #[test]
 fn every_section_takes_exactly_the_keys_of_chat_yml() {
-    let keys = yaml_keys(DEFAULTS);
-    let mut problems = Vec::new();
-    for (section, children) in sections(&keys) {
-        let unknown = if section.is_empty() {
-            "zz_no_such_key".to_owned()
-        } else {
-            format!("{section}.zz_no_such_key")
-        };
-        let variable = env_name(ENV_PREFIX, &unknown);
-        let mut vars = signing_keys();
-        vars.push((variable.clone(), "1".to_owned()));
-        let message = match Settings::load(None, vars) {
-            Ok(_) => {
-                problems.push(format!("{variable} was accepted: `{unknown}` is not refused"));
-                continue;
-            }
-            Err(err) => err.to_string(),
-        };
-        if !message.contains(&format!("`{unknown}`")) {
-            problems.push(format!("{variable} was refused without naming `{unknown}`: {message}"));
-        }
-        let Some(accepted) = accepted_fields(&message) else {
-            problems.push(format!("{variable} was refused without listing the fields: {message}"));
-            continue;
-        };
-        let accepted: BTreeSet<String> = accepted.into_iter().collect();
-        let name = if section.is_empty() { "the top level" } else { &section };
-        let not_in_yml: Vec<&String> = accepted.difference(&children).collect();
-        let not_in_code: Vec<&String> = children.difference(&accepted).collect();
-        if !not_in_yml.is_empty() || !not_in_code.is_empty() {
-            problems.push(format!(
-                "{name}: fields of the code missing from chat.yml: {not_in_yml:?}; \
-                 keys of chat.yml the code does not take: {not_in_code:?}"
-            ));
-        }
-    }
+    let problems = section_problems(DEFAULTS, ENV_PREFIX, "chat.yml", |vars| {
+        let mut all = signing_keys();
+        all.extend(vars);
+        Settings::load(None, all).map(|_| ())
+    });
     assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -6,6 +6,8 @@
 //! * [`env_name`] — the environment variable that overrides a key (`ANALYTICS__JETSTREAM__MAX_ACK_PENDING`).
 //! * [`sections`] and [`accepted_fields`] — to ask the code itself which keys a section takes: override an unknown
 //!   key in a section, and read the fields serde lists in its refusal.
+//! * [`readme_problems`] and [`section_problems`] — the whole comparisons, as each service's `config_reference`
+//!   test runs them.
 //!
 //! The helpers panic on malformed input: they are meant for tests, where a panic is a failure with a message.
 
@@ -129,6 +131,81 @@ pub fn accepted_fields(message: &str) -> Option<Vec<String>> {
     }
     fields.sort();
     (!fields.is_empty()).then_some(fields)
+}
+
+/// How README.md's table for the service with `env_prefix` disagrees with its YAML defaults `defaults_yaml`
+/// (named `file` in messages): keys missing from README.md, rows naming no key, keys listed twice, and rows whose
+/// variable does not follow the naming rule. Empty when they agree.
+pub fn readme_problems(readme_text: &str, defaults_yaml: &str, env_prefix: &str, file: &str) -> Vec<String> {
+    let yaml: BTreeSet<String> = yaml_keys(defaults_yaml).into_iter().collect();
+    let rows = readme_keys(readme_text, env_prefix);
+    let readme: BTreeSet<String> = rows.iter().map(|(key, _)| key.clone()).collect();
+    let mut problems = Vec::new();
+    let missing: Vec<&String> = yaml.difference(&readme).collect();
+    if !missing.is_empty() {
+        problems.push(format!("keys of {file} missing from README.md: {missing:?}"));
+    }
+    let extra: Vec<&String> = readme.difference(&yaml).collect();
+    if !extra.is_empty() {
+        problems.push(format!("README.md rows naming no key of {file}: {extra:?}"));
+    }
+    let duplicated: Vec<&String> = rows.windows(2).filter(|w| w[0].0 == w[1].0).map(|w| &w[0].0).collect();
+    if !duplicated.is_empty() {
+        problems.push(format!("keys listed twice in README.md: {duplicated:?}"));
+    }
+    for (key, variable) in &rows {
+        let expected = env_name(env_prefix, key);
+        if *variable != expected {
+            problems.push(format!("README.md row `{key}` lists {variable}, expected {expected}"));
+        }
+    }
+    problems
+}
+
+/// Asks the code which keys each section of `defaults_yaml` takes and compares with the file: `load` is called
+/// with one override of an unknown key per section and must refuse it, naming it and listing the section's
+/// fields, which must be the file's keys. Empty when they agree.
+pub fn section_problems<E: std::fmt::Display>(
+    defaults_yaml: &str,
+    env_prefix: &str,
+    file: &str,
+    load: impl Fn(Vec<(String, String)>) -> Result<(), E>,
+) -> Vec<String> {
+    let keys = yaml_keys(defaults_yaml);
+    let mut problems = Vec::new();
+    for (section, children) in sections(&keys) {
+        let unknown = if section.is_empty() {
+            "zz_no_such_key".to_owned()
+        } else {
+            format!("{section}.zz_no_such_key")
+        };
+        let variable = env_name(env_prefix, &unknown);
+        let message = match load(vec![(variable.clone(), "1".to_owned())]) {
+            Ok(()) => {
+                problems.push(format!("{variable} was accepted: `{unknown}` is not refused"));
+                continue;
+            }
+            Err(err) => err.to_string(),
+        };
+        if !message.contains(&format!("`{unknown}`")) {
+            problems.push(format!("{variable} was refused without naming `{unknown}`: {message}"));
+        }
+        let Some(accepted) = accepted_fields(&message) else {
+            problems.push(format!("{variable} was refused without listing the fields: {message}"));
+            continue;
+        };
+        let accepted: BTreeSet<String> = accepted.into_iter().collect();
+        let name = if section.is_empty() { "the top level" } else { &section };
+        let not_in_yml: Vec<&String> = accepted.difference(&children).collect();
+        let not_in_code: Vec<&String> = children.difference(&accepted).collect();
+        if !not_in_yml.is_empty() || !not_in_code.is_empty() {
+            problems.push(format!(
+                "{name}: fields of the code missing from {file}: {not_in_yml:?}; \
+                 keys of {file} the code does not take: {not_in_code:?}"
+            ));
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
