@@ -105,6 +105,7 @@ impl Application {
             let client = with_startup_retries("NATS", || {
                 async_nats::ConnectOptions::new()
                     .name("analytics_server")
+                    .reconnect_delay_callback(fechatter_service::reconnect::nats_reconnect_delay)
                     .connect(messaging.nats_url.as_str())
             })
             .await

@@ -59,6 +59,7 @@ impl Application {
             let client = async_nats::ConnectOptions::new()
                 .name("fechatter_server")
                 .retry_on_initial_connect()
+                .reconnect_delay_callback(fechatter_service::reconnect::nats_reconnect_delay)
                 .connect(settings.messaging.nats_url.as_str())
                 .await
                 .with_context(|| format!("Invalid messaging.nats_url {}", settings.messaging.nats_url))?;

@@ -4,64 +4,12 @@
 
 mod common;
 
-use common::TestApp;
+use common::{Ingester, TestApp};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::json;
 use std::time::Duration;
-use test_support::{ClickHouseServer, wait_until};
-use tokio_util::sync::CancellationToken;
-
-/// analytics_server running in this process against `app`'s NATS and a private ClickHouse.
-struct Ingester {
-    clickhouse: ClickHouseServer,
-    database: String,
-    token: CancellationToken,
-}
-
-impl Ingester {
-    async fn start(app: &TestApp) -> Ingester {
-        let clickhouse = ClickHouseServer::start().await.expect("clickhouse");
-        let database = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-        let vars: Vec<(String, String)> = [
-            ("ANALYTICS__SERVER__HOST", "127.0.0.1".to_owned()),
-            ("ANALYTICS__SERVER__PORT", "0".to_owned()),
-            ("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL", app.nats.url()),
-            ("ANALYTICS__CLICKHOUSE__URL", clickhouse.http_url()),
-            ("ANALYTICS__CLICKHOUSE__DATABASE", database.clone()),
-            ("ANALYTICS__FLUSH_INTERVAL_SECONDS", "1".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let settings = analytics_server::config::Settings::load(None, vars).expect("settings");
-        let ingester = analytics_server::startup::Application::build(settings)
-            .await
-            .expect("ingester starts");
-        let token = CancellationToken::new();
-        tokio::spawn(ingester.run_until_stopped(token.clone()));
-        Ingester {
-            clickhouse,
-            database,
-            token,
-        }
-    }
-
-    async fn scalar(&self, sql: &str) -> String {
-        self.clickhouse
-            .query(&sql.replace("{db}", &self.database))
-            .await
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Ingester {
-    fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
+use test_support::wait_until;
 
 #[tokio::test]
 async fn the_seed_sign_in_lands_in_clickhouse_as_user_login_with_that_user() {

@@ -1,10 +1,11 @@
 //! What every Fechatter service binary shares: layered configuration with errors that name the key
 //! ([`config`]), error cause chains for logs ([`error`]), logging set-up ([`telemetry`]), signal-driven shutdown
-//! ([`shutdown`]) and per-client rate limiting ([`rate_limit`]).
+//! ([`shutdown`]), per-client rate limiting ([`rate_limit`]) and the NATS reconnection pace ([`reconnect`]).
 
 pub mod config;
 pub mod error;
 pub mod rate_limit;
+pub mod reconnect;
 pub mod shutdown;
 pub mod telemetry;
 

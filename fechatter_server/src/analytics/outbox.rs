@@ -134,14 +134,21 @@ pub async fn relay_once(
     }
     let results = publisher.publish_all(&events).await;
     let mut done: Vec<i64> = undecodable;
+    // One line per round, not per row: while NATS is down every row of every round fails the same way.
+    let mut failed = 0usize;
+    let mut first_error = None;
     for (id, result) in ids.iter().zip(&results) {
         match result {
             Ok(_) => done.push(*id),
             Err(err) => {
                 metrics.publish_failures.inc();
-                tracing::warn!(id, error = %crate::error_chain(err), "analytics event not published; kept in the outbox");
+                failed += 1;
+                first_error.get_or_insert_with(|| crate::error_chain(err));
             }
         }
+    }
+    if let Some(error) = first_error {
+        tracing::warn!(failed, error = %error, "analytics events not published; kept in the outbox");
     }
     let published = results.iter().filter(|r| r.is_ok()).count();
     sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")

@@ -1,5 +1,6 @@
 //! The fechatter_server test stack: private PostgreSQL and NATS (JetStream) servers, the service in process on a
-//! free port with fresh signing keys, and typed request helpers.
+//! free port with fresh signing keys, and typed request helpers; and [`Ingester`], analytics_server in process
+//! against that NATS and a private ClickHouse, for tests that follow events all the way down.
 
 #![allow(dead_code)]
 
@@ -8,7 +9,7 @@ use fechatter_server::startup::Application;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use std::time::Duration;
-use test_support::{NatsServer, PostgresServer};
+use test_support::{ClickHouseServer, NatsServer, PostgresServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -280,6 +281,65 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// analytics_server running in this process against a NATS server and a private ClickHouse (database
+/// `e2e_<uuid>`), flushing partial batches every second.
+pub struct Ingester {
+    pub clickhouse: ClickHouseServer,
+    pub database: String,
+    token: CancellationToken,
+}
+
+impl Ingester {
+    /// An ingester on `app`'s NATS.
+    pub async fn start(app: &TestApp) -> Ingester {
+        Ingester::start_on(&app.nats.url()).await
+    }
+
+    /// An ingester on the NATS server at `nats_url`.
+    pub async fn start_on(nats_url: &str) -> Ingester {
+        let clickhouse = ClickHouseServer::start().await.expect("clickhouse");
+        let database = format!("e2e_{}", Uuid::new_v4().simple());
+        let vars: Vec<(String, String)> = [
+            ("ANALYTICS__SERVER__HOST", "127.0.0.1".to_owned()),
+            ("ANALYTICS__SERVER__PORT", "0".to_owned()),
+            ("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL", nats_url.to_owned()),
+            ("ANALYTICS__CLICKHOUSE__URL", clickhouse.http_url()),
+            ("ANALYTICS__CLICKHOUSE__DATABASE", database.clone()),
+            ("ANALYTICS__FLUSH_INTERVAL_SECONDS", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let settings = analytics_server::config::Settings::load(None, vars).expect("settings");
+        let ingester = analytics_server::startup::Application::build(settings)
+            .await
+            .expect("ingester starts");
+        let token = CancellationToken::new();
+        tokio::spawn(ingester.run_until_stopped(token.clone()));
+        Ingester {
+            clickhouse,
+            database,
+            token,
+        }
+    }
+
+    /// The answer to `sql` (`{db}` stands for the ingester's database), trimmed; empty when the query fails.
+    pub async fn scalar(&self, sql: &str) -> String {
+        self.clickhouse
+            .query(&sql.replace("{db}", &self.database))
+            .await
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Ingester {
     fn drop(&mut self) {
         self.token.cancel();
     }
