@@ -92,14 +92,6 @@ fn chat_routes(w: &World) -> Vec<(Method, String, Option<Value>)> {
     ]
 }
 
-async fn call(app: &TestApp, user: &User, method: Method, path: &str, body: &Option<Value>) -> (StatusCode, Value) {
-    let mut request = app.request(method, path, user);
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    app.send(request).await
-}
-
 #[tokio::test]
 async fn outsiders_get_404_on_every_chat_message_member_and_file_route() {
     let app = TestApp::start(&[]).await;
@@ -107,7 +99,7 @@ async fn outsiders_get_404_on_every_chat_message_member_and_file_route() {
     let mut checked = 0;
     for outsider in [&w.same_workspace_outsider, &w.other_workspace] {
         for (method, path, body) in chat_routes(&w) {
-            let (status, answer) = call(&app, outsider, method.clone(), &path, &body).await;
+            let (status, answer) = app.call(outsider, method.clone(), &path, body.as_ref()).await;
             assert_eq!(
                 status,
                 StatusCode::NOT_FOUND,
@@ -176,7 +168,7 @@ async fn every_protected_route_needs_a_valid_token() {
             StatusCode::UNAUTHORIZED,
             "{method} {path} without a token: {answer}"
         );
-        let (status, answer) = call(&app, &forged, method.clone(), &path, &body).await;
+        let (status, answer) = app.call(&forged, method.clone(), &path, body.as_ref()).await;
         assert_eq!(
             status,
             StatusCode::UNAUTHORIZED,

@@ -102,11 +102,11 @@ async fn forged_tampered_expired_and_confused_tokens_get_401() {
                 Some(json!({"name": "x", "chat_type": "group", "members": []})),
             ),
         ] {
-            let mut request = app.http.request(method.clone(), app.url(path)).bearer_auth(&token);
-            if let Some(body) = &body {
-                request = request.json(body);
-            }
-            let (status, answer) = app.send(request).await;
+            let forged = User {
+                access_token: token.clone(),
+                ..attacker.clone()
+            };
+            let (status, answer) = app.call(&forged, method.clone(), path, body.as_ref()).await;
             assert_eq!(
                 status,
                 StatusCode::UNAUTHORIZED,

@@ -168,6 +168,15 @@ impl TestApp {
         (status, body)
     }
 
+    /// `method path` as `user`, with `body` as JSON when given.
+    pub async fn call(&self, user: &User, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        let mut request = self.request(method, path, user);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send(request).await
+    }
+
     pub async fn get(&self, path: &str, user: &User) -> (StatusCode, Value) {
         self.send(self.request(Method::GET, path, user)).await
     }
