@@ -3,10 +3,19 @@
 //!
 //! Only after JetStream acknowledged the copy is the original terminated (`Term`); a failed copy leaves the
 //! original unacknowledged, to be redelivered and tried again.
+//!
+//! [`DeadLetterWorkers`] does this in the background: waiting for each copy's acknowledgement inside the pipeline
+//! stalled every good message behind a bad one for a round trip (measured: 10 % garbage cut throughput by up to
+//! half), so the pipeline hands poison over and moves on, with a bounded number of copies in flight.
 
+use crate::metrics::Metrics;
 use crate::source::Incoming;
 use async_nats::HeaderMap;
-use async_nats::jetstream::Context;
+use async_nats::jetstream::{AckKind, Context};
+use fechatter_service::error::chain;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// Header holding the subject the poison message was published on.
 pub const HEADER_SUBJECT: &str = "Fechatter-Original-Subject";
@@ -78,5 +87,61 @@ impl DeadLetters {
             .map_err(|e| err(e.into()))?;
         ack.await.map_err(|e| err(e.into()))?;
         Ok(())
+    }
+}
+
+/// Dead-letters poison messages in background tasks, at most `max_in_flight` at a time (then [`submit`] waits,
+/// which is the backpressure). Each task copies the message, then terminates the original and counts it.
+///
+/// [`submit`]: DeadLetterWorkers::submit
+pub struct DeadLetterWorkers {
+    letters: DeadLetters,
+    metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+}
+
+impl DeadLetterWorkers {
+    /// Workers sending through `letters`.
+    pub fn new(letters: DeadLetters, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
+        Self {
+            letters,
+            metrics,
+            permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Hands `message` over to be dead-lettered with `reason` and `error`.
+    pub async fn submit(&mut self, message: Incoming, reason: &'static str, error: String) {
+        // Finished tasks are reaped here, so the set holds at most the ones in flight.
+        while self.tasks.try_join_next().is_some() {}
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            // The semaphore is never closed; if it were, the message stays unacknowledged and is redelivered.
+            return;
+        };
+        let letters = self.letters.clone();
+        let metrics = self.metrics.clone();
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            match letters.send(&message, reason, &error).await {
+                Ok(()) => {
+                    if let Err(e) = message.ack.send(letters.client(), AckKind::Term).await {
+                        // The copy is stored; a redelivery will be dead-lettered again and deduplicated.
+                        tracing::warn!(error = %e, "failed to terminate a dead-lettered message");
+                    }
+                    metrics.dead_lettered.inc();
+                }
+                Err(e) => {
+                    metrics.fail("dead_letter");
+                    tracing::error!(error = %chain(&e), "dead-lettering failed; the message will be redelivered");
+                }
+            }
+        });
+    }
+
+    /// Waits for every copy in flight (at shutdown, so that the originals are terminated before exit).
+    pub async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
     }
 }

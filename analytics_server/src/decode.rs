@@ -215,6 +215,20 @@ mod tests {
         2
     }
 
+    /// Like [`check_both`], and the payload must be refused as invalid protobuf on both subjects.
+    fn invalid_on_both(payload: &[u8]) -> usize {
+        for subject in [SINGLE, BATCH] {
+            let reason = check(subject, payload, LIMIT).err().map(|e| e.reason());
+            assert_eq!(
+                reason,
+                Some("invalid_protobuf"),
+                "{subject}: {:?}",
+                &payload[..payload.len().min(40)]
+            );
+        }
+        2
+    }
+
     /// Runs `test` on `cases` values of `strategy` from a fixed seed, fails with the shrunk input on a panic or
     /// failed assertion, and prints how many decodes ran.
     fn run_seeded<S: Strategy>(name: &str, cases: u32, strategy: S, test: impl Fn(S::Value) -> usize)
@@ -340,10 +354,10 @@ mod tests {
                 let mut top = key(field, 2);
                 top.extend(varint(len));
                 top.extend(b"tail");
-                tried += check_both(&top, LIMIT);
+                tried += invalid_on_both(&top);
                 let mut after_valid = event.clone();
                 after_valid.extend(&top);
-                tried += check_both(&after_valid, LIMIT);
+                tried += invalid_on_both(&after_valid);
 
                 let mut inner = key(field.min(12), 2);
                 inner.extend(varint(len));
@@ -351,11 +365,11 @@ mod tests {
                 let mut framed = key(1, 2);
                 framed.extend(varint(inner.len() as u64));
                 framed.extend(&inner);
-                tried += check_both(&framed, LIMIT);
+                tried += invalid_on_both(&framed);
                 let mut batched = key(1, 2);
                 batched.extend(varint(framed.len() as u64));
                 batched.extend(&framed);
-                tried += check_both(&batched, LIMIT);
+                tried += invalid_on_both(&batched);
             }
         }
         for overlong in [
@@ -364,10 +378,10 @@ mod tests {
             vec![0x80; 64],
             [vec![0x0a], vec![0xff; 12]].concat(),
         ] {
-            tried += check_both(&overlong, LIMIT);
+            tried += invalid_on_both(&overlong);
             let mut after_valid = event.clone();
             after_valid.extend(&overlong);
-            tried += check_both(&after_valid, LIMIT);
+            tried += invalid_on_both(&after_valid);
         }
         // Random lengths after random valid prefixes, on random field numbers.
         let encodings = valid_encodings();
@@ -400,7 +414,7 @@ mod tests {
         let mut tried = 0;
         // 100k unknown start-groups, and 100k nested length-delimited fields (each claims to hold the rest).
         let groups: Vec<u8> = key(99, 3).repeat(100_000);
-        tried += check_both(&groups, LIMIT);
+        tried += invalid_on_both(&groups);
         // Built inside out: each level's prefix frames everything inside it.
         let mut prefixes: Vec<Vec<u8>> = Vec::new();
         let mut inside = 0usize;
@@ -410,8 +424,13 @@ mod tests {
             prefixes.push(prefix);
         }
         let nested: Vec<u8> = prefixes.into_iter().rev().flatten().collect();
-        tried += check_both(&nested, LIMIT);
-        tried += check_both(&nested, usize::MAX);
+        for subject in [SINGLE, BATCH] {
+            assert!(
+                check(subject, &nested, LIMIT).is_err(),
+                "{subject}: holds no event type"
+            );
+        }
+        tried += 2 + check_both(&nested, usize::MAX);
         println!("FIGURES hostile_input_decode_deep_nesting: inputs={tried}");
     }
 

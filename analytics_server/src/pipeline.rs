@@ -6,13 +6,11 @@
 //! is inserted), which is the backpressure that stops pulling when ClickHouse is slow or down.
 
 use crate::batcher::Batch;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::DeadLetterWorkers;
 use crate::decode::{decode, subject_mismatch};
 use crate::metrics::Metrics;
 use crate::row::{Origin, to_row};
 use crate::source::{Ack, Incoming};
-use async_nats::jetstream::AckKind;
-use fechatter_service::error::chain;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -38,7 +36,7 @@ pub async fn run(
     settings: PipelineSettings,
     mut rx: mpsc::Receiver<Incoming>,
     sink: mpsc::Sender<Batch<Ack>>,
-    dead_letters: Option<DeadLetters>,
+    mut dead_letters: Option<DeadLetterWorkers>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Batch<Ack> = Batch::default();
@@ -53,12 +51,15 @@ pub async fn run(
             next = rx.recv() => next,
         };
         let Some(message) = next else { break };
-        handle(&settings, message, &mut batch, dead_letters.as_ref(), &metrics).await;
+        handle(&settings, message, &mut batch, dead_letters.as_mut(), &metrics).await;
         if batch.is_full(settings.batch_size) {
             flush(&mut batch, &sink).await;
         }
     }
     flush(&mut batch, &sink).await;
+    if let Some(dead_letters) = dead_letters.as_mut() {
+        dead_letters.drain().await;
+    }
     tracing::info!("pipeline drained");
 }
 
@@ -90,7 +91,7 @@ async fn handle(
     settings: &PipelineSettings,
     message: Incoming,
     batch: &mut Batch<Ack>,
-    dead_letters: Option<&DeadLetters>,
+    dead_letters: Option<&mut DeadLetterWorkers>,
     metrics: &Metrics,
 ) {
     metrics.messages_received.inc();
@@ -147,19 +148,7 @@ async fn handle(
                 // Core NATS: nothing can be redelivered or terminated; the count above is the record.
                 return;
             };
-            match dead_letters.send(&message, err.reason(), &err.to_string()).await {
-                Ok(()) => {
-                    if let Err(e) = message.ack.send(dead_letters.client(), AckKind::Term).await {
-                        // The copy is stored; a redelivery will be dead-lettered again and deduplicated.
-                        tracing::warn!(error = %e, "failed to terminate a dead-lettered message");
-                    }
-                    metrics.dead_lettered.inc();
-                }
-                Err(e) => {
-                    metrics.fail("dead_letter");
-                    tracing::error!(error = %chain(&e), "dead-lettering failed; the message will be redelivered");
-                }
-            }
+            dead_letters.submit(message, err.reason(), err.to_string()).await;
         }
     }
 }

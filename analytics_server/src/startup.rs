@@ -3,7 +3,7 @@
 //! [`Application::run_until_stopped`] runs until the token is cancelled, then shuts down in order.
 
 use crate::config::Settings;
-use crate::dead_letter::DeadLetters;
+use crate::dead_letter::{DeadLetterWorkers, DeadLetters};
 use crate::http::{self, AppState};
 use crate::jetstream::{SetupError, ensure_all};
 use crate::metrics::Metrics;
@@ -27,6 +27,8 @@ const STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight batches to be stored and acknowledged. Whatever is still
 /// unacknowledged after it is redelivered by JetStream later: nothing is lost, only delayed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Poison messages being copied to the dead-letter stream at once (each waits for JetStream's acknowledgement).
+const DEAD_LETTERS_IN_FLIGHT: usize = 256;
 
 /// A start-up step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,10 +183,10 @@ impl Application {
         } else {
             drop(in_tx);
         }
-        let dead_letters = state
-            .jetstream
-            .clone()
-            .map(|js| DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone()));
+        let dead_letters = state.jetstream.clone().map(|js| {
+            let letters = DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone());
+            DeadLetterWorkers::new(letters, state.metrics.clone(), DEAD_LETTERS_IN_FLIGHT)
+        });
         let pipeline_settings = PipelineSettings {
             batch_size: settings.batch_size,
             flush_interval: settings.flush_interval(),
