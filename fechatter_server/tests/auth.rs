@@ -118,7 +118,7 @@ async fn signing_up_stores_a_hashed_password_and_a_lower_cased_email_and_answers
         .expect("tokens");
     assert_eq!(
         stored,
-        vec![fechatter_server::auth::tokens::hash_refresh_token(refresh_token)]
+        vec![fechatter_server::auth::tokens::hash_opaque_token(refresh_token)]
     );
     let access = body["access_token"].as_str().expect("access token");
     let (status, me) = app
@@ -146,19 +146,64 @@ async fn signing_up_records_a_user_register_event_in_the_outbox() {
 }
 
 #[tokio::test]
-async fn a_user_signing_up_with_an_existing_workspace_name_joins_it_without_becoming_owner() {
-    let app = TestApp::start(&[]).await;
+async fn naming_an_existing_workspace_is_refused_and_an_invitation_joins_it_without_ownership() {
+    let mut app = TestApp::start(&[]).await;
     let owner = app.signup("Owner", "Shared").await;
+    let depth = app.outbox_depth().await;
 
-    let joiner = app.signup("Joiner", "Shared").await;
+    // The name alone no longer lets anyone in.
+    let (status, body) = signup_as(&app, "Intruder", "intruder@example.com", "Shared").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "workspace_taken");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/api/workspace/invites")),
+        "{body}"
+    );
+    let intruders: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'intruder@example.com'")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(intruders, 0);
+    assert_eq!(app.outbox_depth().await, depth, "a refused sign-up records nothing");
 
-    assert_eq!(joiner.workspace_id, owner.workspace_id);
+    // An invitation from a member does, as a member, not an owner; it can be used again until it expires.
+    let joiner = app.join("Joiner", &owner).await;
+    let second = app.join("Second Joiner", &joiner).await;
+    assert_eq!(second.workspace_id, owner.workspace_id);
     let (workspaces, owner_id): (i64, Option<i64>) =
         sqlx::query_as("SELECT count(*), max(owner_id) FROM workspaces WHERE name = 'Shared'")
             .fetch_one(&app.pool)
             .await
             .expect("workspaces");
     assert_eq!((workspaces, owner_id), (1, Some(owner.id)));
+    let register = outbox(&app, "fechatter.analytics.user.register").await;
+    let (_, last) = register.last().expect("a user_register event");
+    let Some(EventType::UserRegister(event)) = &last.event_type else {
+        panic!("not a user_register event: {last:?}");
+    };
+    assert_eq!(event.registration_method, "invite");
+
+    // Unknown, expired and malformed invitations are refused by name.
+    let (status, invite) = app.post("/api/workspace/invites", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{invite}");
+    let token = invite["invite"].as_str().expect("invite").to_owned();
+    sqlx::query("UPDATE workspace_invites SET expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .expect("expire");
+    for bad in [token.as_str(), "0123456789abcdef", ""] {
+        let (status, body) = post(
+            &app,
+            "/api/signup",
+            json!({"fullname": "Late", "email": format!("late{}@example.com", bad.len()), "password": "password1", "invite": bad}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+        assert_eq!(body["error"], "invalid_invite", "{bad:?}: {body}");
+    }
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -207,6 +252,11 @@ async fn invalid_sign_up_fields_are_refused_with_400_codes_naming_the_field() {
         (with("workspace", json!("w".repeat(101))), "invalid_workspace"),
         (
             json!({ "fullname": "Ada", "email": "ada@example.com", "password": PASSWORD }),
+            "invalid_workspace",
+        ),
+        (with("invite", json!("0123456789abcdef")), "invalid_workspace"),
+        (
+            json!({ "fullname": "Ada", "email": "ada@example.com", "workspace": "W" }),
             "invalid_json",
         ),
     ];
@@ -374,7 +424,7 @@ async fn reusing_a_used_refresh_token_revokes_its_whole_family_but_no_other_sess
     .fetch_all(&app.pool)
     .await
     .expect("tokens");
-    assert_eq!(live, vec![fechatter_server::auth::tokens::hash_refresh_token(&other)]);
+    assert_eq!(live, vec![fechatter_server::auth::tokens::hash_opaque_token(&other)]);
     assert_eq!(
         refresh(&app, &other).await.0,
         StatusCode::OK,
@@ -416,10 +466,10 @@ async fn an_expired_or_unknown_refresh_token_is_refused_with_401() {
         .execute(&app.pool)
         .await
         .expect("expire");
-    let stored_hash = fechatter_server::auth::tokens::hash_refresh_token(&user.refresh_token);
+    let stored_hash = fechatter_server::auth::tokens::hash_opaque_token(&user.refresh_token);
 
     let expired = refresh(&app, &user.refresh_token).await;
-    let unknown = refresh(&app, &fechatter_server::auth::tokens::new_refresh_token()).await;
+    let unknown = refresh(&app, &fechatter_server::auth::tokens::new_opaque_token()).await;
     let hash_itself = refresh(&app, &stored_hash).await;
     let missing = post(&app, "/api/refresh", json!({})).await;
 
@@ -477,7 +527,7 @@ async fn logging_out_revokes_the_session_and_records_a_user_logout_event() {
 async fn logging_out_needs_an_access_token_and_the_callers_own_refresh_token() {
     let app = TestApp::start(&[]).await;
     let alice = app.signup("Alice", "Logout").await;
-    let mallory = app.signup("Mallory", "Logout").await;
+    let mallory = app.join("Mallory", &alice).await;
 
     let anonymous = post(&app, "/api/logout", json!({ "refresh_token": alice.refresh_token })).await;
     let someone_elses = app

@@ -65,7 +65,7 @@ async fn the_user_list_holds_only_the_callers_workspace_ordered_by_id() {
     let app = TestApp::start(&[]).await;
     let alice = app.signup("Alice", "Acme").await;
     let outsider = app.signup("Outsider", "Globex").await;
-    let bob = app.signup("Bob", "Acme").await;
+    let bob = app.join("Bob", &alice).await;
 
     let (status, list) = app.get("/api/users", &bob).await;
     let (_, outsiders_list) = app.get("/api/users", &outsider).await;

@@ -4,7 +4,7 @@
 //! replayed, or the client raced itself): the whole family is revoked, so the newest token dies too and the user
 //! has to sign in again.
 //!
-//! Only SHA-256 hashes of tokens are stored ([`tokens::hash_refresh_token`]); every timestamp is the database's
+//! Only SHA-256 hashes of tokens are stored ([`tokens::hash_opaque_token`]); every timestamp is the database's
 //! `now()`, so expiry does not depend on the clocks of the API instances.
 
 use super::tokens;
@@ -63,7 +63,7 @@ async fn insert(
     user_id: i64,
     ttl_seconds: u64,
 ) -> Result<String, sqlx::Error> {
-    let token = tokens::new_refresh_token();
+    let token = tokens::new_opaque_token();
     sqlx::query(
         "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
          VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
@@ -71,7 +71,7 @@ async fn insert(
     .bind(Uuid::now_v7())
     .bind(family_id)
     .bind(user_id)
-    .bind(tokens::hash_refresh_token(&token))
+    .bind(tokens::hash_opaque_token(&token))
     .bind(ttl_seconds as f64)
     .execute(conn)
     .await?;
@@ -109,7 +109,7 @@ pub async fn rotate(pool: &PgPool, presented: &str, ttl_seconds: u64) -> Result<
          FROM refresh_tokens rt JOIN users u ON u.id = rt.user_id \
          WHERE rt.token_hash = $1 FOR UPDATE OF rt",
     )
-    .bind(tokens::hash_refresh_token(presented))
+    .bind(tokens::hash_opaque_token(presented))
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -161,7 +161,7 @@ pub async fn revoke_family_of(
 ) -> Result<Option<Revoked>, sqlx::Error> {
     let family_id: Option<Uuid> =
         sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2")
-            .bind(tokens::hash_refresh_token(presented))
+            .bind(tokens::hash_opaque_token(presented))
             .bind(user_id)
             .fetch_optional(&mut *conn)
             .await?;

@@ -94,15 +94,15 @@ impl JwtKeys {
     }
 }
 
-/// A new random refresh token (256 bits, hex).
-pub fn new_refresh_token() -> String {
+/// A new random opaque token (256 bits, hex): refresh tokens and workspace invitations.
+pub fn new_opaque_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 
-/// What is stored for a refresh token: its SHA-256, so a database leak yields no usable tokens.
-pub fn hash_refresh_token(token: &str) -> String {
+/// What is stored for an opaque token: its SHA-256, so a database leak yields no usable tokens.
+pub fn hash_opaque_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -174,10 +174,10 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_stored_hashed() {
-        let (a, b) = (new_refresh_token(), new_refresh_token());
+        let (a, b) = (new_opaque_token(), new_opaque_token());
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
-        assert_ne!(hash_refresh_token(&a), a);
-        assert_eq!(hash_refresh_token(&a), hash_refresh_token(&a));
+        assert_ne!(hash_opaque_token(&a), a);
+        assert_eq!(hash_opaque_token(&a), hash_opaque_token(&a));
     }
 }

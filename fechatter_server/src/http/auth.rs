@@ -6,6 +6,7 @@
 //! an account exists. Every change and the analytics event describing it commit in one transaction.
 
 use super::extract::ApiJson;
+use super::invites;
 use super::users::{self, Profile};
 use crate::analytics::ClientInfo;
 use crate::auth::refresh::{self, RefreshError};
@@ -63,8 +64,13 @@ pub struct SignupRequest {
     pub email: String,
     /// Password, 8 to 128 characters.
     pub password: String,
-    /// Workspace to join, by name; created (with the new user as owner) when no workspace has that name.
-    pub workspace: String,
+    /// A new workspace to create, with the new user as its owner (409 `workspace_taken` when the name exists).
+    /// Give either this or `invite`.
+    #[serde(default)]
+    pub workspace: Option<String>,
+    /// An invitation from `POST /api/workspace/invites`, to join that workspace instead.
+    #[serde(default)]
+    pub invite: Option<String>,
 }
 
 /// A sign-in. Not `Debug`: it holds a password.
@@ -115,9 +121,21 @@ struct NewUser {
     email: String,
     /// The password as given.
     password: String,
-    /// Trimmed workspace name.
-    workspace: String,
+    /// Which workspace the account goes to.
+    join: Join,
 }
+
+/// How a sign-up gets its workspace.
+#[derive(Debug, PartialEq, Eq)]
+enum Join {
+    /// Create a workspace of this (trimmed) name.
+    Create(String),
+    /// Join the workspace of this invitation.
+    Invite(String),
+}
+
+/// Longest invitation accepted (they are 64 hex characters).
+const MAX_INVITE_CHARS: usize = 128;
 
 /// A trimmed name of 1 to [`MAX_NAME_CHARS`] characters without control characters.
 fn valid_name(raw: &str) -> Option<String> {
@@ -143,6 +161,11 @@ fn normalize_email(raw: &str) -> Option<String> {
     plausible.then_some(email)
 }
 
+/// The refusal of an unknown, expired or malformed invitation.
+fn invalid_invite() -> ApiError {
+    ApiError::bad_request("invalid_invite", "unknown or expired invitation")
+}
+
 impl NewUser {
     /// Checks every field; the error's code names the first bad one.
     fn validate(request: SignupRequest) -> Result<Self, ApiError> {
@@ -165,17 +188,35 @@ impl NewUser {
                 format!("password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
             ));
         }
-        let workspace = valid_name(&request.workspace).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_workspace",
-                format!("workspace must be 1 to {MAX_NAME_CHARS} characters"),
-            )
-        })?;
+        let join = match (request.workspace, request.invite) {
+            (Some(name), None) => Join::Create(valid_name(&name).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_workspace",
+                    format!("workspace must be 1 to {MAX_NAME_CHARS} characters"),
+                )
+            })?),
+            (None, Some(invite)) if !invite.is_empty() && invite.chars().count() <= MAX_INVITE_CHARS => {
+                Join::Invite(invite)
+            }
+            (None, Some(_)) => return Err(invalid_invite()),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_workspace",
+                    "give either workspace (to create one) or invite (to join one), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "invalid_workspace",
+                    "workspace is required (or an invite to join an existing workspace)",
+                ));
+            }
+        };
         Ok(Self {
             fullname,
             email,
             password: request.password,
-            workspace,
+            join,
         })
     }
 }
@@ -268,12 +309,14 @@ fn token_answer(
     })
 }
 
-/// Create an account, joining the named workspace or creating it; answers the first session's tokens.
+/// Create an account in a new workspace, or in an existing one with an invitation; answers the first session's
+/// tokens.
 #[utoipa::path(post, path = "/api/signup", tag = "auth", request_body = SignupRequest,
     responses(
         (status = 201, body = SignupResponse),
         (status = 400, description = "a field is invalid; the code names it (e.g. `invalid_email`)"),
-        (status = 409, description = "`email_taken`"),
+        (status = 400, description = "`invalid_invite`: unknown or expired invitation"),
+        (status = 409, description = "`email_taken`, or `workspace_taken` (join it with an invitation instead)"),
         (status = 429, description = "too many attempts from this client"),
     ))]
 async fn signup(
@@ -287,20 +330,32 @@ async fn signup(
     let password_hash = password::hash(new.password).await?;
 
     let mut tx = state.pool.begin().await?;
-    // DO NOTHING instead of a prior SELECT: two sign-ups naming the same new workspace both end up in the one
-    // that commits first, and only its creator owns it.
-    let created: Option<i64> =
-        sqlx::query_scalar("INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id")
-            .bind(&new.workspace)
+    let (workspace_id, created, registration_method) = match &new.join {
+        Join::Create(name) => {
+            // DO NOTHING instead of a prior SELECT: of two sign-ups creating the same workspace, the second waits
+            // for the first to commit and then gets 409.
+            let created: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
+            )
+            .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
-    let workspace_id = match created {
-        Some(id) => id,
-        None => {
-            sqlx::query_scalar("SELECT id FROM workspaces WHERE name = $1")
-                .bind(&new.workspace)
-                .fetch_one(&mut *tx)
+            let id = created.ok_or_else(|| {
+                ApiError::Conflict(
+                    "workspace_taken",
+                    format!(
+                        "a workspace named {name:?} exists; to join it, ask one of its members for an invitation \
+                         (POST /api/workspace/invites) and sign up with it as invite"
+                    ),
+                )
+            })?;
+            (id, true, "password")
+        }
+        Join::Invite(invite) => {
+            let id = invites::workspace_of(&mut tx, invite)
                 .await?
+                .ok_or_else(invalid_invite)?;
+            (id, false, "invite")
         }
     };
     let user_id: i64 = sqlx::query_scalar(
@@ -319,7 +374,7 @@ async fn signup(
             err.into()
         }
     })?;
-    if created.is_some() {
+    if created {
         sqlx::query("UPDATE workspaces SET owner_id = $1 WHERE id = $2")
             .bind(user_id)
             .bind(workspace_id)
@@ -330,7 +385,7 @@ async fn signup(
     let event = EventType::UserRegister(UserRegisterEvent {
         email: new.email.clone(),
         workspace_id: workspace_id.to_string(),
-        registration_method: "password".into(),
+        registration_method: registration_method.into(),
     });
     state
         .analytics
@@ -341,12 +396,7 @@ async fn signup(
         .ok_or_else(|| anyhow::anyhow!("user {user_id} not visible in the transaction that created it"))?;
     let tokens = token_answer(&state, user_id, workspace_id, refresh_token)?;
     tx.commit().await?;
-    tracing::info!(
-        user_id,
-        workspace_id,
-        new_workspace = created.is_some(),
-        "user signed up"
-    );
+    tracing::info!(user_id, workspace_id, new_workspace = created, "user signed up");
     Ok((StatusCode::CREATED, Json(SignupResponse { tokens, user })))
 }
 
@@ -469,7 +519,8 @@ mod tests {
             fullname: fullname.into(),
             email: email.into(),
             password: password.into(),
-            workspace: workspace.into(),
+            workspace: Some(workspace.into()),
+            invite: None,
         }
     }
 
@@ -490,8 +541,26 @@ mod tests {
                 fullname: "Ada Lovelace".into(),
                 email: "ada@example.com".into(),
                 password: " secret pw ".into(),
-                workspace: "Acme".into(),
+                join: Join::Create("Acme".into()),
             }
+        );
+    }
+
+    #[test]
+    fn a_sign_up_creates_a_workspace_or_joins_one_by_invitation_never_both() {
+        let with = |workspace: Option<&str>, invite: Option<&str>| SignupRequest {
+            workspace: workspace.map(str::to_owned),
+            invite: invite.map(str::to_owned),
+            ..request("Ada", "ada@example.com", "password1", "unused")
+        };
+        let joined = NewUser::validate(with(None, Some("abc"))).expect("valid");
+        assert_eq!(joined.join, Join::Invite("abc".into()));
+        assert_eq!(refusal_code(with(Some("Acme"), Some("abc"))), "invalid_workspace");
+        assert_eq!(refusal_code(with(None, None)), "invalid_workspace");
+        assert_eq!(refusal_code(with(None, Some(""))), "invalid_invite");
+        assert_eq!(
+            refusal_code(with(None, Some(&"x".repeat(MAX_INVITE_CHARS + 1)))),
+            "invalid_invite"
         );
     }
 

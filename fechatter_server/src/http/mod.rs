@@ -8,6 +8,7 @@ mod events;
 pub mod extract;
 mod files;
 mod health;
+mod invites;
 mod members;
 mod messages;
 mod middleware;
@@ -22,6 +23,7 @@ pub fn router(state: AppState) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(docs::base())
         .merge(auth::router())
         .merge(users::router())
+        .merge(invites::router())
         .merge(chats::router())
         .merge(members::router())
         .merge(messages::router())

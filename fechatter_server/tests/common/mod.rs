@@ -224,6 +224,38 @@ impl TestApp {
         user
     }
 
+    /// Signs up a new user into `inviter`'s workspace, with an invitation `inviter` creates.
+    pub async fn join(&self, fullname: &str, inviter: &User) -> User {
+        let (status, invite) = self.post("/api/workspace/invites", inviter, json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "invite: {invite}");
+        let email = format!(
+            "{}-{}@example.com",
+            fullname.to_lowercase().replace(' ', "."),
+            Uuid::new_v4().simple()
+        );
+        let password = "correct horse battery".to_owned();
+        let (status, body) = self
+            .send(self.http.post(self.url("/api/signup")).json(&json!({
+                "fullname": fullname, "email": email, "password": password, "invite": invite["invite"],
+            })))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "signup with invite: {body}");
+        let mut user = User {
+            id: 0,
+            workspace_id: 0,
+            email,
+            password,
+            access_token: body["access_token"].as_str().expect("access_token").to_owned(),
+            refresh_token: body["refresh_token"].as_str().expect("refresh_token").to_owned(),
+        };
+        let (status, me) = self.get("/api/users/me", &user).await;
+        assert_eq!(status, StatusCode::OK, "me: {me}");
+        user.id = me["id"].as_i64().expect("id");
+        user.workspace_id = me["workspace_id"].as_i64().expect("workspace_id");
+        assert_eq!(user.workspace_id, inviter.workspace_id);
+        user
+    }
+
     /// A user created straight in the database with a minted access token (no sign-up route involved).
     /// `workspace_id` None creates a new workspace.
     pub async fn direct_user(&self, fullname: &str, workspace_id: Option<i64>) -> User {
