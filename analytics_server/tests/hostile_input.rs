@@ -1305,8 +1305,6 @@ async fn reqwest_over_the_limit(url: &str, len: usize) -> Answered {
 /// a client that writes the whole body before reading (reqwest/hyper, most HTTP libraries) gets `BrokenPipe` /
 /// `ECONNRESET` instead of the answer. Just over the limit it works, because the socket buffers take the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: bodies far over server.max_body_bytes reset the connection before reqwest reads the 413 \
-            (ingest.rs read_body stops reading; hyper closes without draining)"]
 async fn bodies_far_over_the_limit_get_their_413_with_reqwest_too() {
     let stack = Stack::start().await;
     let app = stack.run_in_process(&[UNLIMITED]).await;
@@ -1359,8 +1357,6 @@ async fn bodies_far_over_the_limit_get_their_413_with_reqwest_too() {
 /// answers axum's 404 and a known path with another method axum's 405, both with an empty body instead of the
 /// API's `{"error": …, "message": …}`.
 #[tokio::test]
-#[ignore = "bug: unknown paths (404) and wrong methods (405) answer an empty body, not {\"error\",\"message\"} \
-            (no fallback / method_not_allowed_fallback in src/http/mod.rs)"]
 async fn unknown_paths_and_methods_answer_a_json_error() {
     let stack = Stack::start().await;
     let app = stack.run_in_process(&[UNLIMITED]).await;
@@ -1450,8 +1446,6 @@ fn batch_stamped_to(target: usize, user_agent: &str) -> Option<Vec<u8>> {
 /// succeed. With the defaults (both 1 MiB) the window is the header's 63 bytes; it is reachable from a 470 KB
 /// body: 1000 events and a 512-character User-Agent, which the server copies into every event.
 #[tokio::test]
-#[ignore = "bug: a batch whose stamped encoding is within ~63 bytes under 1 MiB gets 503 unavailable (NATS \
-            max_payload counts the Nats-Msg-Id header; ingest.rs only checks jetstream.max_message_bytes)"]
 async fn a_batch_at_the_message_limit_is_accepted_or_refused_with_a_4xx() {
     let stack = Stack::start().await;
     let app = stack.run_in_process(&[UNLIMITED]).await;
@@ -1499,8 +1493,6 @@ async fn a_batch_at_the_message_limit_is_accepted_or_refused_with_a_4xx() {
 /// `BrokenPipe`). A fix belongs in src/http/ingest.rs (read or drain the body before refusing, up to the limit)
 /// or in a layer that marks such answers `Connection: close`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after an early 415/429 to a request with a body of ~50 KB or more, hyper closes the keep-alive \
-            connection without Connection: close and the client's next request on it fails"]
 async fn an_early_refusal_leaves_the_connection_usable() {
     let stack = Stack::start().await;
     let app = stack.run_in_process(&[UNLIMITED]).await;

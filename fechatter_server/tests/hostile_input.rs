@@ -1542,8 +1542,6 @@ async fn hostile_requests_to_every_route_get_a_2xx_or_a_json_4xx() {
 /// answers axum's 404 and a known path with another method axum's 405, both with an empty body instead of the
 /// API's `{"error": …, "message": …}` that README promises for every error.
 #[tokio::test]
-#[ignore = "bug: unknown paths (404) and wrong methods (405) answer an empty body, not {\"error\",\"message\"} \
-            (no fallback / method_not_allowed_fallback in src/http/mod.rs)"]
 async fn unknown_paths_and_methods_answer_a_json_error() {
     let app = TestApp::start(&[]).await;
     for (method, path, status) in [
@@ -1568,8 +1566,6 @@ async fn unknown_paths_and_methods_answer_a_json_error() {
 /// `BrokenPipe`). A fix belongs in the shared layers (src/http/middleware.rs): mark such answers
 /// `Connection: close`, or drain the rest of the body (up to the limit) before answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: after an early 400/401 to a request with a body of ~50 KB or more, hyper closes the keep-alive \
-            connection without Connection: close and the client's next request on it fails"]
 async fn an_early_refusal_leaves_the_connection_usable() {
     let app = TestApp::start(&[]).await;
     let user = app.direct_user("Early", None).await;

@@ -1,9 +1,11 @@
 //! What every Fechatter service binary shares: layered configuration with errors that name the key
 //! ([`config`]), error cause chains for logs ([`error`]), logging set-up ([`telemetry`]), signal-driven shutdown
-//! ([`shutdown`]), per-client rate limiting ([`rate_limit`]) and the NATS reconnection pace ([`reconnect`]).
+//! ([`shutdown`]), per-client rate limiting ([`rate_limit`]), the NATS reconnection pace ([`reconnect`]) and HTTP
+//! fallbacks and connection handling ([`http`]).
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod rate_limit;
 pub mod reconnect;
 pub mod shutdown;

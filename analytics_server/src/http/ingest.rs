@@ -11,14 +11,21 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
+use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
+/// Most bytes of an oversize body read and dropped before its 413 is answered.
+const DRAIN_BYTES: usize = 64 << 20;
+/// Longest time spent reading and dropping an oversize body.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+/// Bytes reserved for the NATS headers of a published message (`NATS/1.0`, `Nats-Msg-Id: <uuid>`, framing).
+const HEADERS_ALLOWANCE: usize = 128;
 /// How long a request waits for JetStream's acknowledgement before answering 503.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Namespace of the message ids of batch messages (derived from their events' ids).
@@ -128,14 +135,34 @@ fn now_ms() -> i64 {
 /// Reads the body up to the configured limit; larger bodies get 413.
 async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.settings.server.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        state.metrics.reject("payload_too_large");
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body exceeds {limit} bytes (server.max_body_bytes)"),
-        )
-    })
+    let mut stream = body.into_data_stream();
+    let mut buffer = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("request body unreadable: {e}")))?;
+        if buffer.len() + chunk.len() > limit {
+            // Read (and drop) the rest, within bounds, before answering: a client still writing a large body
+            // when the connection closes sees a broken pipe instead of its 413.
+            let mut seen = buffer.len() + chunk.len();
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while seen <= DRAIN_BYTES {
+                    match stream.next().await {
+                        Some(Ok(more)) => seen += more.len(),
+                        _ => break,
+                    }
+                }
+            })
+            .await;
+            state.metrics.reject("payload_too_large");
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body exceeds {limit} bytes (server.max_body_bytes)"),
+            ));
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
 }
 
 /// Request facts the server stamps on events.
@@ -165,14 +192,22 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
             "the event bus is unavailable; retry later",
         )
     };
-    if payload.len() > state.settings.jetstream.max_message_bytes {
+    // The stamped message, with its headers, must fit both our own limit and the NATS server's max_payload
+    // (which counts headers too); otherwise the publish fails for good, which is the client's 413, not a 503.
+    let server_limit = state
+        .nats
+        .as_ref()
+        .map_or(usize::MAX, |n| n.server_info().max_payload.max(1));
+    let limit = state.settings.jetstream.max_message_bytes.min(server_limit);
+    let size = payload.len() + HEADERS_ALLOWANCE;
+    if size > limit {
+        state.metrics.reject("payload_too_large");
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
-                "encoded message of {} bytes exceeds {} bytes (jetstream.max_message_bytes)",
-                payload.len(),
-                state.settings.jetstream.max_message_bytes
+                "the stamped message would be {size} bytes with its headers; the limit is {limit} bytes \
+                 (jetstream.max_message_bytes and the NATS server's max_payload); send fewer or smaller events"
             ),
         ));
     }

@@ -39,5 +39,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(ingest::router())
+        .fallback(fechatter_service::http::not_found)
+        .method_not_allowed_fallback(fechatter_service::http::method_not_allowed)
+        .layer(axum::middleware::from_fn(
+            fechatter_service::http::close_after_refused_body,
+        ))
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! Layers every route shares: request metrics by matched route, the JSON body limit, CORS limited to the
-//! configured origins, request tracing, and an `error_occurred` analytics event for every 5xx answer.
+//! configured origins, request tracing, an `error_occurred` analytics event for every 5xx answer, JSON 404/405
+//! fallbacks, and `Connection: close` after refusing a request whose body was not read.
 
 use crate::analytics::ClientInfo;
 use crate::error::InternalErrorReport;
@@ -29,7 +30,10 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
     router
+        .fallback(fechatter_service::http::not_found)
+        .method_not_allowed_fallback(fechatter_service::http::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(middleware::from_fn(fechatter_service::http::close_after_refused_body))
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
