@@ -597,15 +597,17 @@ async fn garbage_on_the_subjects_is_dead_lettered() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
 
-    // Rates are wall-clock figures on a small shared machine, so each kind is measured twice, the runs
-    // alternating so that a slow moment does not hit one kind only, and the best of each is kept.
+    // Rates are wall-clock figures on a small shared machine, where one clean run can come out 25 % faster than
+    // the next. So the kinds alternate, clean then garbage, three times; each garbage run is compared with the
+    // clean run just before it, and the median of the three ratios is the figure (one lucky or unlucky run
+    // cannot decide it).
     let mut clean_rates = Vec::new();
     let mut garbage_rates = Vec::new();
     let mut garbage_event_rate: f64 = 0.0;
     let mut clean_event_rate: f64 = 0.0;
     let mut dead_lettered = 0;
     let (mut clean_cpu, mut garbage_cpu) = (f64::MAX, f64::MAX);
-    for round in 0..2 {
+    for round in 0..3 {
         let mut clean = drain_backlog(messages, 0, &mut rng).await;
         let physical = assert_exactly_once(&clean.stack, clean.good).await;
         assert_eq!(physical, clean.good, "no event was inserted twice");
@@ -629,20 +631,26 @@ async fn garbage_on_the_subjects_is_dead_lettered() {
         garbage_cpu = garbage_cpu.min(dirty.cpu_us_per_message);
         dirty.child.kill().await;
     }
-    let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
-    let (clean_rate, garbage_rate) = (best(&clean_rates), best(&garbage_rates));
-    let ratio = garbage_rate / clean_rate;
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let ratios: Vec<f64> = garbage_rates.iter().zip(&clean_rates).map(|(g, c)| g / c).collect();
+    let ratio = median(&ratios);
+    let (clean_rate, garbage_rate) = (median(&clean_rates), median(&garbage_rates));
     let list = |rates: &[f64]| rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join("/");
 
     println!(
         "FIGURES garbage_on_the_subjects_is_dead_lettered: messages={messages} garbage={dead_lettered} \
          good_stored_once={} dead_lettered={dead_lettered} clean_msgs_per_s={clean_rate:.0} \
-         garbage_msgs_per_s={garbage_rate:.0} ratio={ratio:.2} clean_events_per_s={clean_event_rate:.0} \
+         garbage_msgs_per_s={garbage_rate:.0} ratio={ratio:.2} ratios={} clean_events_per_s={clean_event_rate:.0} \
          garbage_good_events_per_s={garbage_event_rate:.0} runs_clean={} runs_garbage={} \
          ingester_cpu_us_per_msg_clean={clean_cpu:.0} ingester_cpu_us_per_msg_garbage={garbage_cpu:.0} \
          ingester_cpu_us_per_bad_msg={:.0} seed={seed} \
          wall_ms={}",
         messages - dead_lettered as u64,
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join("/"),
         list(&clean_rates),
         list(&garbage_rates),
         // With one message in ten bad: 10 x the mean = 9 good + 1 bad.
@@ -651,7 +659,8 @@ async fn garbage_on_the_subjects_is_dead_lettered() {
     );
     assert!(
         ratio >= 0.8,
-        "throughput with 10 % garbage is {ratio:.2} of a clean run ({garbage_rate:.0} vs {clean_rate:.0} messages/s)"
+        "throughput with 10 % garbage is {ratio:.2} of a clean run (median of {ratios:?}; {garbage_rate:.0} vs \
+         {clean_rate:.0} messages/s)"
     );
 }
 
