@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use test_support::raw_http::{self, Answer, RawRequest, is_error_body, rss_mib};
 
 /// `server.max_body_bytes` (the shipped default).
 const MAX_BODY: usize = 524_288;
@@ -982,13 +982,6 @@ fn generate(n: usize) -> Vec<Probe> {
 // ---------------------------------------------------------------------------------------------------------------
 // Sending and judging.
 
-/// What came back.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-}
-
 /// Sends `probe`; an `Err` is a dropped connection or a timeout.
 async fn send(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<Answer, String> {
     if probe.via != Via::Client {
@@ -1014,77 +1007,20 @@ async fn send(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<Answer
 
 /// Sends `probe` over a raw socket, reading the answer while the body is being written.
 async fn send_raw(port: u16, probe: &Probe) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let body = probe.body.bytes();
-    let chunked = probe.via == Via::RawChunked;
-    let framing = if chunked {
-        "Transfer-Encoding: chunked".to_owned()
-    } else {
-        format!("Content-Length: {}", body.len())
-    };
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\nConnection: close\r\n",
-        probe.method, probe.path
-    )
-    .into_bytes();
+    let method = probe.method.to_string();
+    let mut headers: Vec<(&str, &[u8])> = Vec::new();
     if let Some(ct) = &probe.content_type {
-        head.extend_from_slice(b"Content-Type: ");
-        head.extend_from_slice(ct);
-        head.extend_from_slice(b"\r\n");
+        headers.push(("Content-Type", ct));
     }
-    head.extend_from_slice(b"\r\n");
-    let (mut reader, mut writer) = stream.split();
-    let write = async {
-        writer.write_all(&head).await?;
-        if !chunked {
-            writer.write_all(&body).await?;
-            return writer.flush().await;
-        }
-        for chunk in body.chunks(64 * 1024) {
-            writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
-            writer.write_all(chunk).await?;
-            writer.write_all(b"\r\n").await?;
-        }
-        writer.write_all(b"0\r\n\r\n").await?;
-        writer.flush().await
+    let request = RawRequest {
+        method: &method,
+        path: &probe.path,
+        headers,
+        body: &body,
+        chunked: probe.via == Via::RawChunked,
     };
-    let mut raw = Vec::new();
-    // The server may answer (413) before reading the whole body; reading concurrently sees that answer.
-    let (written, read) = tokio::join!(write, reader.read_to_end(&mut raw));
-    read.map_err(|e| format!("read: {e}"))?;
-    if raw.is_empty() {
-        return Err(format!("connection closed without an answer (write: {written:?})"));
-    }
-    parse_response(&raw)
-}
-
-/// Status and body of a raw HTTP/1.1 response with a `Content-Length` (what axum sends for JSON).
-fn parse_response(raw: &[u8]) -> Result<Answer, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("incomplete response {:?}", String::from_utf8_lossy(raw)))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok(Answer {
-        status,
-        body: raw[end + 4..].to_vec(),
-    })
-}
-
-/// `{"error": non-empty string, "message": non-empty string}`.
-fn is_error_body(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|v| {
-        ["error", "message"]
-            .iter()
-            .all(|k| v[k].as_str().is_some_and(|s| !s.is_empty()))
-    })
+    raw_http::send(port, &request).await
 }
 
 /// Whether `answer` is what `probe` must get; `Err` says why not.
@@ -1125,17 +1061,6 @@ fn judge(probe: &Probe, answer: &Answer) -> Result<(), String> {
         Expect::Unrouted if status == 404 || status == 405 => Ok(()),
         expected => Err(format!("expected {expected:?}, got {status} {code:?}")),
     }
-}
-
-/// Resident memory of this process (the service and the client), MiB.
-fn rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb / 1024)
-        .expect("VmRSS")
 }
 
 /// Samples [`rss_mib`] every 20 ms until stopped; returns the peak.

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use test_support::raw_http::{self, Answer, RawRequest, is_error_body, rss_mib};
 
 /// `server.max_body_bytes` (the shipped default).
 const MAX_BODY: usize = 262_144;
@@ -1304,12 +1304,6 @@ fn generate(n: usize, fx: &Arc<Fixture>) -> Vec<Probe> {
 // ---------------------------------------------------------------------------------------------------------------
 // Sending and judging.
 
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-}
-
 /// Sends `probe`; an `Err` is a dropped connection or a timeout. Event streams are not read past their headers.
 async fn send(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<Answer, String> {
     if probe.raw() {
@@ -1345,60 +1339,25 @@ async fn send(http: &reqwest::Client, port: u16, probe: &Probe) -> Result<Answer
 
 /// Sends `probe` with a `Content-Length` over a raw socket, reading the answer while the body is being written.
 async fn send_raw(port: u16, probe: &Probe) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let body = probe.body.bytes();
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n",
-        probe.method,
-        probe.path,
-        body.len()
-    )
-    .into_bytes();
+    let method = probe.method.to_string();
+    let mut headers: Vec<(&str, &[u8])> = Vec::new();
     for (name, value) in [
         ("Content-Type", &probe.content_type),
         ("Authorization", &probe.authorization),
     ] {
         if let Some(v) = value {
-            head.extend_from_slice(format!("{name}: ").as_bytes());
-            head.extend_from_slice(v);
-            head.extend_from_slice(b"\r\n");
+            headers.push((name, v));
         }
     }
-    head.extend_from_slice(b"\r\n");
-    let (mut reader, mut writer) = stream.split();
-    let write = async {
-        writer.write_all(&head).await?;
-        writer.write_all(&body).await?;
-        writer.flush().await
+    let request = RawRequest {
+        method: &method,
+        path: &probe.path,
+        headers,
+        body: &body,
+        chunked: false,
     };
-    let mut raw = Vec::new();
-    let (written, read) = tokio::join!(write, reader.read_to_end(&mut raw));
-    read.map_err(|e| format!("read: {e}"))?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("no answer (write: {written:?}): {:?}", String::from_utf8_lossy(&raw)))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok(Answer {
-        status,
-        body: raw[end + 4..].to_vec(),
-    })
-}
-
-/// `{"error": non-empty string, "message": non-empty string}`.
-fn is_error_body(body: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(body).is_ok_and(|v| {
-        ["error", "message"]
-            .iter()
-            .all(|k| v[k].as_str().is_some_and(|s| !s.is_empty()))
-    })
+    raw_http::send(port, &request).await
 }
 
 fn judge(probe: &Probe, answer: &Answer) -> Result<(), String> {
@@ -1426,17 +1385,6 @@ fn judge(probe: &Probe, answer: &Answer) -> Result<(), String> {
         }
         _ => Ok(()),
     }
-}
-
-/// Resident memory of this process (the service and the client), MiB.
-fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb / 1024)
-        .expect("VmRSS")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //!   output captured to a log file, and stop it with SIGTERM or SIGKILL.
 //! * [`free_port`], [`wait_until`], [`wait_until_ok`] — small utilities.
 //! * [`config_keys`] — configuration keys as README.md, a service's YAML file and its code know them.
+//! * [`raw_http`] — hostile HTTP requests over a raw socket, and the checks the hostile-input tests share.
 //!
 //! Every server listens on 127.0.0.1 only, on ports picked by [`free_port`], and keeps all of its
 //! files in its own [`tempfile::TempDir`], so any number of instances can run side by side and next
@@ -47,6 +48,7 @@ pub mod config_keys;
 mod nats;
 mod postgres;
 mod process;
+pub mod raw_http;
 mod util;
 
 pub use clickhouse::ClickHouseServer;

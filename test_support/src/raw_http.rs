@@ -1,0 +1,136 @@
+//! HTTP over a raw socket, for hostile-input tests: requests no well-behaved client would send (any method,
+//! header bytes and framing), with the answer read while the body is still being written, so that an early
+//! answer (a 413 before the body is read) is seen instead of a broken pipe. Also the checks those tests share.
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Status and body of an answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The body as received (the connection is closed after it).
+    pub body: Vec<u8>,
+}
+
+/// A request to send raw.
+pub struct RawRequest<'a> {
+    /// Method, as written on the request line.
+    pub method: &'a str,
+    /// Path and query, as written on the request line.
+    pub path: &'a str,
+    /// Extra headers, values as raw bytes.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The body.
+    pub body: &'a [u8],
+    /// Send the body with chunked transfer encoding instead of a `Content-Length`.
+    pub chunked: bool,
+}
+
+/// Sends `request` to 127.0.0.1:`port` on a fresh connection (`Connection: close`); an `Err` is a refused or
+/// dropped connection, or an answer that is not HTTP.
+pub async fn send(port: u16, request: &RawRequest<'_>) -> Result<Answer, String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let framing = if request.chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {}", request.body.len())
+    };
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}\r\nConnection: close\r\n",
+        request.method, request.path
+    )
+    .into_bytes();
+    for (name, value) in &request.headers {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let (mut reader, mut writer) = stream.split();
+    let write = async {
+        writer.write_all(&head).await?;
+        if !request.chunked {
+            writer.write_all(request.body).await?;
+            return writer.flush().await;
+        }
+        for chunk in request.body.chunks(64 * 1024) {
+            writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+            writer.write_all(chunk).await?;
+            writer.write_all(b"\r\n").await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        writer.flush().await
+    };
+    let mut raw = Vec::new();
+    let (written, read) = tokio::join!(write, reader.read_to_end(&mut raw));
+    read.map_err(|e| format!("read: {e}"))?;
+    if raw.is_empty() {
+        return Err(format!("connection closed without an answer (write: {written:?})"));
+    }
+    parse_response(&raw)
+}
+
+/// Status and body of a raw HTTP/1.1 response with a `Content-Length` (what axum sends for JSON).
+pub fn parse_response(raw: &[u8]) -> Result<Answer, String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("incomplete response {:?}", String::from_utf8_lossy(raw)))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok(Answer {
+        status,
+        body: raw[end + 4..].to_vec(),
+    })
+}
+
+/// Whether `body` is the services' error body: `{"error": non-empty string, "message": non-empty string}`.
+pub fn is_error_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| {
+        ["error", "message"]
+            .iter()
+            .all(|k| v[k].as_str().is_some_and(|s| !s.is_empty()))
+    })
+}
+
+/// Resident memory of this process, MiB (from `/proc/self/status`).
+pub fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_is_split_into_status_and_body() {
+        let answer = parse_response(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\n{}").expect("parsed");
+        assert_eq!(answer.status, 413);
+        assert_eq!(answer.body, b"{}");
+        assert!(parse_response(b"HTTP/1.1 200").is_err());
+    }
+
+    #[test]
+    fn only_the_error_shape_is_an_error_body() {
+        assert!(is_error_body(br#"{"error":"x","message":"y"}"#));
+        assert!(!is_error_body(br#"{"error":"x"}"#));
+        assert!(!is_error_body(b""));
+    }
+}
