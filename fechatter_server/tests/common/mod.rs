@@ -195,51 +195,30 @@ impl TestApp {
 
     /// Signs up a new user in a new workspace named `workspace`.
     pub async fn signup(&self, fullname: &str, workspace: &str) -> User {
-        let email = format!(
-            "{}-{}@example.com",
-            fullname.to_lowercase().replace(' ', "."),
-            Uuid::new_v4().simple()
-        );
-        let password = "correct horse battery".to_owned();
-        let (status, body) = self
-            .send(self.http.post(self.url("/api/signup")).json(&json!({
-                "fullname": fullname, "email": email, "password": password, "workspace": workspace,
-            })))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "signup: {body}");
-        let access_token = body["access_token"].as_str().expect("access_token").to_owned();
-        let refresh_token = body["refresh_token"].as_str().expect("refresh_token").to_owned();
-        let mut user = User {
-            id: 0,
-            workspace_id: 0,
-            email,
-            password,
-            access_token,
-            refresh_token,
-        };
-        let (status, me) = self.get("/api/users/me", &user).await;
-        assert_eq!(status, StatusCode::OK, "me: {me}");
-        user.id = me["id"].as_i64().expect("id");
-        user.workspace_id = me["workspace_id"].as_i64().expect("workspace_id");
-        user
+        self.signup_into(fullname, "workspace", json!(workspace)).await
     }
 
     /// Signs up a new user into `inviter`'s workspace, with an invitation `inviter` creates.
     pub async fn join(&self, fullname: &str, inviter: &User) -> User {
         let (status, invite) = self.post("/api/workspace/invites", inviter, json!({})).await;
         assert_eq!(status, StatusCode::CREATED, "invite: {invite}");
+        let user = self.signup_into(fullname, "invite", invite["invite"].clone()).await;
+        assert_eq!(user.workspace_id, inviter.workspace_id);
+        user
+    }
+
+    /// Signs up with `field` (`workspace` or `invite`) set to `value`, then reads the new user's ids.
+    async fn signup_into(&self, fullname: &str, field: &str, value: Value) -> User {
         let email = format!(
             "{}-{}@example.com",
             fullname.to_lowercase().replace(' ', "."),
             Uuid::new_v4().simple()
         );
         let password = "correct horse battery".to_owned();
-        let (status, body) = self
-            .send(self.http.post(self.url("/api/signup")).json(&json!({
-                "fullname": fullname, "email": email, "password": password, "invite": invite["invite"],
-            })))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "signup with invite: {body}");
+        let mut body = json!({ "fullname": fullname, "email": email, "password": password });
+        body[field] = value;
+        let (status, body) = self.send(self.http.post(self.url("/api/signup")).json(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "signup: {body}");
         let mut user = User {
             id: 0,
             workspace_id: 0,
@@ -252,7 +231,6 @@ impl TestApp {
         assert_eq!(status, StatusCode::OK, "me: {me}");
         user.id = me["id"].as_i64().expect("id");
         user.workspace_id = me["workspace_id"].as_i64().expect("workspace_id");
-        assert_eq!(user.workspace_id, inviter.workspace_id);
         user
     }
 
