@@ -19,15 +19,7 @@ async fn outbox(app: &TestApp, subject: &str) -> Vec<AnalyticsEvent> {
 
 async fn create(app: &TestApp, owner: &User, name: &str, chat_type: &str, members: &[&User]) -> i64 {
     let ids: Vec<i64> = members.iter().map(|u| u.id).collect();
-    let (status, chat) = app
-        .post(
-            "/api/chats",
-            owner,
-            json!({ "name": name, "chat_type": chat_type, "members": ids }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{chat}");
-    chat["id"].as_i64().expect("id")
+    app.create_chat(owner, name, chat_type, &ids).await
 }
 
 async fn member_ids(app: &TestApp, chat_id: i64) -> Vec<i64> {

@@ -26,27 +26,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn create(app: &TestApp, owner: &User, name: &str, members: &[&User]) -> i64 {
     let ids: Vec<i64> = members.iter().map(|u| u.id).collect();
-    let (status, chat) = app
-        .post(
-            "/api/chats",
-            owner,
-            json!({ "name": name, "chat_type": "group", "members": ids }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{chat}");
-    chat["id"].as_i64().expect("id")
-}
-
-async fn send(app: &TestApp, user: &User, chat: i64, content: &str) -> i64 {
-    let (status, message) = app
-        .post(
-            &format!("/api/chats/{chat}/messages"),
-            user,
-            json!({ "content": content }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{message}");
-    message["id"].as_i64().expect("id")
+    app.create_chat(owner, name, "group", &ids).await
 }
 
 /// An open `GET /api/events` stream.
@@ -139,7 +119,7 @@ async fn a_member_receives_message_created_for_their_chat_and_nothing_from_chats
 
     // Committed first: were anything of it leaked to Bob, it would arrive before the shared chat's message.
     let private = create(&app, &ada, "Without Bob", &[&cy]).await;
-    send(&app, &ada, private, "not for bob").await;
+    app.send_message(&ada, private, "not for bob").await;
     let (status, _) = app
         .post(
             &format!("/api/chats/{private}/members"),
@@ -148,7 +128,7 @@ async fn a_member_receives_message_created_for_their_chat_and_nothing_from_chats
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let id = send(&app, &ada, shared, "hello bob").await;
+    let id = app.send_message(&ada, shared, "hello bob").await;
 
     let event = bobs.next().await;
     assert_eq!(event["kind"], "message_created", "{event}");
@@ -166,7 +146,7 @@ async fn a_member_receives_message_created_for_their_chat_and_nothing_from_chats
         .await;
     let (status, _) = app.post(&format!("/api/chats/{shared}/messages"), &ada, keyed).await;
     assert_eq!(status, StatusCode::OK);
-    let last = send(&app, &bob, shared, "after the replay").await;
+    let last = app.send_message(&bob, shared, "after the replay").await;
     assert_eq!(bobs.next().await["message_id"], first["id"]);
     assert_eq!(bobs.next().await["message_id"].as_i64(), Some(last));
 }
@@ -189,7 +169,7 @@ async fn edits_deletions_and_membership_changes_reach_the_members_of_the_chat() 
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let id = send(&app, &cy, chat, "draft").await;
+    let id = app.send_message(&cy, chat, "draft").await;
     let (status, _) = app
         .patch(
             &format!("/api/chats/{chat}/messages/{id}"),
@@ -258,7 +238,7 @@ async fn an_open_stream_follows_the_users_membership_without_reconnecting() {
         (Some("member_joined"), Some(chat))
     );
     assert_eq!(joined["user_id"].as_i64(), Some(cy.id));
-    let id = send(&app, &ada, chat, "welcome").await;
+    let id = app.send_message(&ada, chat, "welcome").await;
     assert_eq!(cys.next().await["message_id"].as_i64(), Some(id));
 
     let (status, _) = app.delete(&format!("/api/chats/{chat}/members/{}", cy.id), &ada).await;
@@ -268,7 +248,7 @@ async fn an_open_stream_follows_the_users_membership_without_reconnecting() {
         (left["kind"].as_str(), left["user_id"].as_i64()),
         (Some("member_left"), Some(cy.id))
     );
-    send(&app, &ada, chat, "cy is gone").await;
+    app.send_message(&ada, chat, "cy is gone").await;
     let (status, _) = app.delete(&format!("/api/chats/{chat}"), &ada).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let next_chat = create(&app, &ada, "Again", &[&cy]).await;
@@ -292,7 +272,7 @@ async fn a_message_too_large_for_a_notification_arrives_whole_loaded_from_the_da
     // 4000 characters of 3 bytes each: 12 kB, beyond PostgreSQL's 8000-byte notification payloads.
     let content = "€".repeat(4000);
 
-    let id = send(&app, &ada, chat, &content).await;
+    let id = app.send_message(&ada, chat, &content).await;
 
     let event = bobs.next().await;
     assert_eq!(
@@ -318,7 +298,7 @@ async fn an_sse_client_of_one_instance_receives_a_message_sent_through_another()
     let mut adas_on_first = Events::connect(&base(app.port), &ada).await;
     settle(&app, &ada, chat, &mut [&mut bobs_on_second, &mut adas_on_first]).await;
 
-    let id = send(&app, &ada, chat, "sent through the first instance").await;
+    let id = app.send_message(&ada, chat, "sent through the first instance").await;
 
     let event = bobs_on_second.next().await;
     assert_eq!(
@@ -481,7 +461,7 @@ async fn a_lost_listen_connection_is_re_established_and_subscribers_are_told_to_
         next_delivery(&mut subscription).await,
         Delivery::Resync { missed: 0 }
     ));
-    let id = send(&app, &ada, chat, "after the reconnect").await;
+    let id = app.send_message(&ada, chat, "after the reconnect").await;
     match next_delivery(&mut subscription).await {
         Delivery::Event(event) => {
             let data: Value = serde_json::from_str(&event.data).expect("json");

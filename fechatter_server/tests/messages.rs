@@ -19,27 +19,7 @@ async fn outbox(app: &TestApp, subject: &str) -> Vec<AnalyticsEvent> {
 
 async fn create(app: &TestApp, owner: &User, name: &str, members: &[&User]) -> i64 {
     let ids: Vec<i64> = members.iter().map(|u| u.id).collect();
-    let (status, chat) = app
-        .post(
-            "/api/chats",
-            owner,
-            json!({ "name": name, "chat_type": "group", "members": ids }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{chat}");
-    chat["id"].as_i64().expect("id")
-}
-
-async fn send(app: &TestApp, user: &User, chat: i64, content: &str) -> i64 {
-    let (status, message) = app
-        .post(
-            &format!("/api/chats/{chat}/messages"),
-            user,
-            json!({ "content": content }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{message}");
-    message["id"].as_i64().expect("id")
+    app.create_chat(owner, name, "group", &ids).await
 }
 
 fn ids(messages: &Value) -> Vec<i64> {
@@ -119,7 +99,7 @@ async fn a_sent_message_is_stored_bumps_the_chat_and_records_message_sent() {
         (1, true, true)
     );
 
-    let plain = send(&app, &ada, chat, "plain words").await;
+    let plain = app.send_message(&ada, chat, "plain words").await;
     let sent = outbox(&app, "message.sent").await;
     let Some(EventType::MessageSent(event)) = &sent[1].event_type else {
         panic!("not message_sent");
@@ -227,9 +207,9 @@ async fn history_pages_newest_first_with_before_and_limit() {
     let other = create(&app, &ada, "Other", &[]).await;
     let mut sent = Vec::new();
     for i in 0..7 {
-        sent.push(send(&app, &ada, chat, &format!("message {i}")).await);
+        sent.push(app.send_message(&ada, chat, &format!("message {i}")).await);
     }
-    send(&app, &ada, other, "elsewhere").await;
+    app.send_message(&ada, other, "elsewhere").await;
     let newest_first: Vec<i64> = sent.iter().rev().copied().collect();
     let path = format!("/api/chats/{chat}/messages");
 
@@ -267,7 +247,7 @@ async fn only_the_sender_may_edit_or_delete_a_message() {
     let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
     let chat = create(&app, &ada, "Team", &[&bob]).await;
     let other_chat = create(&app, &ada, "Other", &[&bob]).await;
-    let id = send(&app, &bob, chat, "first draft").await;
+    let id = app.send_message(&bob, chat, "first draft").await;
     let path = format!("/api/chats/{chat}/messages/{id}");
 
     let (status, body) = app.patch(&path, &ada, json!({ "content": "ada's words" })).await;
@@ -330,10 +310,10 @@ async fn search_finds_messages_by_word_newest_first_only_in_that_chat_and_is_rec
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Team", &[]).await;
     let other = create(&app, &ada, "Other", &[]).await;
-    let older = send(&app, &ada, chat, "The deploy is scheduled for Friday").await;
-    send(&app, &ada, chat, "Lunch at noon?").await;
-    let newer = send(&app, &ada, chat, "deploy postponed; Friday is off").await;
-    send(&app, &ada, other, "deploy the other thing").await;
+    let older = app.send_message(&ada, chat, "The deploy is scheduled for Friday").await;
+    app.send_message(&ada, chat, "Lunch at noon?").await;
+    let newer = app.send_message(&ada, chat, "deploy postponed; Friday is off").await;
+    app.send_message(&ada, other, "deploy the other thing").await;
     let path = format!("/api/chats/{chat}/messages/search");
 
     let (status, found) = app.get(&format!("{path}?q=deploy"), &ada).await;
@@ -371,7 +351,7 @@ async fn search_text_is_a_bound_parameter_so_sql_in_it_is_harmless() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Team", &[]).await;
-    let id = send(&app, &ada, chat, "robert said messages must survive").await;
+    let id = app.send_message(&ada, chat, "robert said messages must survive").await;
     let path = format!("/api/chats/{chat}/messages/search");
 
     for q in [

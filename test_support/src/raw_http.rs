@@ -5,6 +5,84 @@
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// A hostile request's body. Large bodies are described, not held, until they are sent.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// `len` copies of `byte`.
+    Filled {
+        /// The byte.
+        byte: u8,
+        /// How many.
+        len: usize,
+    },
+    /// `prefix`, then `open` repeated `depth` times, then `close` repeated `close_depth` times.
+    Nested {
+        /// Written first.
+        prefix: &'static str,
+        /// The opening token (`[`, `{"a":`…).
+        open: &'static str,
+        /// How many openings.
+        depth: usize,
+        /// The closing token.
+        close: &'static str,
+        /// How many closings (fewer than `depth` makes it truncated).
+        close_depth: usize,
+    },
+}
+
+impl Payload {
+    /// The bytes to send.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Bytes(b) => b.clone(),
+            Self::Filled { byte, len } => vec![*byte; *len],
+            Self::Nested {
+                prefix,
+                open,
+                depth,
+                close,
+                close_depth,
+            } => [
+                prefix.as_bytes().to_vec(),
+                open.repeat(*depth).into_bytes(),
+                close.repeat(*close_depth).into_bytes(),
+            ]
+            .concat(),
+        }
+    }
+
+    /// How many bytes [`Payload::bytes`] makes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::Filled { len, .. } => *len,
+            Self::Nested {
+                prefix,
+                open,
+                depth,
+                close,
+                close_depth,
+            } => prefix.len() + open.len() * depth + close.len() * close_depth,
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A short description for failure messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Bytes(b) if b.len() <= 200 => format!("{:?}", String::from_utf8_lossy(b)),
+            Self::Bytes(b) => format!("{} bytes starting {:?}", b.len(), String::from_utf8_lossy(&b[..200])),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
 /// Status and body of an answer.
 #[derive(Debug)]
 pub struct Answer {
@@ -125,6 +203,23 @@ mod tests {
         assert_eq!(answer.status, 413);
         assert_eq!(answer.body, b"{}");
         assert!(parse_response(b"HTTP/1.1 200").is_err());
+    }
+
+    #[test]
+    fn a_payload_knows_its_length_without_being_built() {
+        for payload in [
+            Payload::Bytes(b"abc".to_vec()),
+            Payload::Filled { byte: b'x', len: 5 },
+            Payload::Nested {
+                prefix: "{",
+                open: "[",
+                depth: 4,
+                close: "]",
+                close_depth: 2,
+            },
+        ] {
+            assert_eq!(payload.len(), payload.bytes().len(), "{payload:?}");
+        }
     }
 
     #[test]

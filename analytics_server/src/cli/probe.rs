@@ -5,6 +5,7 @@
 //! (`client_id` [`PROBE_CLIENT_ID`], `user_id` [`PROBE_USER_ID`]) so that reports can leave it out.
 
 use crate::config::Settings;
+use crate::http::now_ms;
 use crate::schema::queries;
 use anyhow::Context as _;
 use async_nats::HeaderMap;
@@ -12,7 +13,7 @@ use async_nats::jetstream;
 use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{AnalyticsEvent, AppStartEvent, EventContext};
 use prost::Message as _;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// `client_id` of probe events.
 pub const PROBE_CLIENT_ID: &str = "analytics_server send-test-event";
@@ -21,10 +22,7 @@ pub const PROBE_USER_ID: &str = "connection-test";
 
 /// The probe event, with a fresh id.
 fn probe_event() -> AnalyticsEvent {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let now_ms = now_ms();
     AnalyticsEvent {
         context: Some(EventContext {
             event_id: uuid::Uuid::now_v7().to_string(),

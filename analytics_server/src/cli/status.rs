@@ -87,14 +87,12 @@ fn print_stream(what: &str, name: &str, state: &Value) {
     }
 }
 
-/// A stream's state as JSON, or null when it does not exist.
+/// A stream's state as JSON, or null when it does not exist (one request: the lookup answers the info).
 async fn stream_state(js: &Context, name: &str) -> Value {
-    let Ok(mut stream) = js.get_stream(name).await else {
+    let Ok(stream) = js.get_stream(name).await else {
         return Value::Null;
     };
-    let Ok(info) = stream.info().await else {
-        return Value::Null;
-    };
+    let info = stream.cached_info();
     json!({
         "name": name,
         "subjects": info.config.subjects,
@@ -106,17 +104,12 @@ async fn stream_state(js: &Context, name: &str) -> Value {
     })
 }
 
-/// A durable consumer's state as JSON, or null when it (or its stream) does not exist.
+/// A durable consumer's state as JSON, or null when it (or its stream) does not exist (one request).
 async fn consumer_state(js: &Context, stream: &str, name: &str) -> Value {
-    let Ok(stream) = js.get_stream(stream).await else {
+    let Ok(consumer) = js.get_consumer_from_stream::<pull::Config, _, _>(name, stream).await else {
         return Value::Null;
     };
-    let Ok(mut consumer) = stream.get_consumer::<pull::Config>(name).await else {
-        return Value::Null;
-    };
-    let Ok(info) = consumer.info().await else {
-        return Value::Null;
-    };
+    let info = consumer.cached_info();
     json!({
         "name": name,
         "num_pending": info.num_pending,

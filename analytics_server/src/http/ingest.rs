@@ -125,7 +125,8 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn now_ms() -> i64 {
+/// Now, in epoch milliseconds (the unit of `server_ts`); also stamps the operator probe (`cli::probe`).
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

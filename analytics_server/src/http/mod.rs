@@ -6,6 +6,8 @@ mod error;
 mod health;
 mod ingest;
 
+pub(crate) use ingest::now_ms;
+
 pub use error::ApiError;
 
 use crate::config::Settings;

@@ -193,6 +193,22 @@ impl TestApp {
         self.send(self.request(Method::DELETE, path, user)).await
     }
 
+    /// Creates a chat of `chat_type` owned by `owner` with `members` (user ids); returns its id.
+    pub async fn create_chat(&self, owner: &User, name: &str, chat_type: &str, members: &[i64]) -> i64 {
+        let body = json!({ "name": name, "chat_type": chat_type, "members": members });
+        let (status, chat) = self.post("/api/chats", owner, body).await;
+        assert_eq!(status, StatusCode::CREATED, "create chat: {chat}");
+        chat["id"].as_i64().expect("chat id")
+    }
+
+    /// Sends `content` to `chat` as `sender`; returns the new message's id.
+    pub async fn send_message(&self, sender: &User, chat: i64, content: &str) -> i64 {
+        let path = format!("/api/chats/{chat}/messages");
+        let (status, message) = self.post(&path, sender, json!({ "content": content })).await;
+        assert_eq!(status, StatusCode::CREATED, "send: {message}");
+        message["id"].as_i64().expect("message id")
+    }
+
     /// Signs up a new user in a new workspace named `workspace`.
     pub async fn signup(&self, fullname: &str, workspace: &str) -> User {
         self.signup_into(fullname, "workspace", json!(workspace)).await
