@@ -127,6 +127,7 @@ impl Application {
                 publisher,
                 relay,
                 state.metrics.clone(),
+                state.analytics.relay_wake(),
                 shutdown.clone(),
             ));
         }

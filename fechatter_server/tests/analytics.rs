@@ -72,6 +72,35 @@ async fn events_reach_jetstream_once_with_their_id_as_message_id() {
     }
 }
 
+/// The relay never waits for `flush_interval_ms` (ten minutes here) while rows come in: a message send wakes it
+/// in memory once its statement committed, any other action by a `NOTIFY` delivered on commit.
+#[tokio::test]
+async fn new_rows_wake_the_relay_long_before_the_flush_interval() {
+    let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "600000")]).await;
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    let alice = app.direct_user("Alice", None).await;
+    let chat = app.create_chat(&alice, "Wake", "group", &[]).await;
+    wait_outbox_empty(&app, Duration::from_secs(5)).await;
+    for n in 0..3 {
+        app.send_message(&alice, chat, &format!("message {n}")).await;
+        wait_outbox_empty(&app, Duration::from_secs(5)).await;
+        act(&app, &alice, n).await;
+        wait_outbox_empty(&app, Duration::from_secs(5)).await;
+    }
+    let kinds: Vec<String> = stream_events(&stream)
+        .await
+        .iter()
+        .map(|(_, e)| e.type_name().unwrap_or_default().to_owned())
+        .collect();
+    let expected = ["chat_created", "message_sent", "file_uploaded"];
+    let expected: Vec<&str> = expected[..1]
+        .iter()
+        .chain(expected[1..].iter().cycle().take(6))
+        .copied()
+        .collect();
+    assert_eq!(kinds, expected);
+}
+
 #[tokio::test]
 async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_back() {
     let mut app = TestApp::start(&[]).await;

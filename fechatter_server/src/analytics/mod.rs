@@ -16,18 +16,30 @@ use crate::metrics::Metrics;
 use fechatter_protos::v1::analytics_event::EventType;
 use sqlx::PgConnection;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// Records analytics events, or nothing when `features.messaging.enabled` is false.
 #[derive(Clone)]
 pub struct Analytics {
     enabled: bool,
     metrics: Arc<Metrics>,
+    /// Wakes this process's relay (see [`outbox::run_relay`]) once a row is committed.
+    relay_wake: Arc<Notify>,
 }
 
 impl Analytics {
     /// A recorder; `enabled` is `features.messaging.enabled`.
     pub fn new(enabled: bool, metrics: Arc<Metrics>) -> Self {
-        Self { enabled, metrics }
+        Self {
+            enabled,
+            metrics,
+            relay_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// What [`Analytics::written`] signals; the relay of this process waits on it.
+    pub fn relay_wake(&self) -> Arc<Notify> {
+        self.relay_wake.clone()
     }
 
     /// Whether events are written at all.
@@ -60,8 +72,10 @@ impl Analytics {
         OutboxRow::new(&build_event(kind, request)).map(Some)
     }
 
-    /// Counts an event written to the outbox by a statement given its [`Analytics::outbox_row`].
+    /// Counts an event written to the outbox by a statement given its [`Analytics::outbox_row`], and wakes this
+    /// process's relay. Call it only after the row committed: a relay woken earlier finds nothing and sleeps.
     pub fn written(&self) {
         self.metrics.events_written.inc();
+        self.relay_wake.notify_one();
     }
 }

@@ -1,9 +1,8 @@
 //! The `messages` routes: send (idempotently), page through history, edit and delete one's own, and search.
 //!
 //! Only members reach a chat's messages: outsiders get 404, users viewing a public channel they have not joined
-//! get 403. Sending writes the message, bumps the chat's `last_activity_at`, writes the `message_sent` analytics
-//! event and notifies live streams, all in one statement (one round trip, one transaction: see
-//! `store::send_message`).
+//! get 403. Sending writes the message and its `message_sent` analytics event and notifies live streams, all in
+//! one statement (one round trip, one transaction: see `store::send_message`).
 
 use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
