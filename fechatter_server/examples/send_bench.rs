@@ -1,4 +1,4 @@
-//! Message-send benchmark: `cargo run --release -p fechatter_server --example send_bench [-- --messages N --clients C]`.
+//! Message-send benchmark: `cargo run --release -p fechatter_server --example send_bench [-- --messages N --clients C --rounds R]`.
 //!
 //! In one run, on private PostgreSQL and NATS servers started for it, it measures:
 //! 1. the raw PostgreSQL single-row INSERT + COMMIT rate with C connections (the machine's limit for this work),
@@ -6,6 +6,10 @@
 //!    transaction, relayed to JetStream), with C concurrent clients.
 //!
 //! It prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5).
+//!
+//! The machine drifts (other tenants, PostgreSQL's background work after each run), so every measurement runs
+//! `--rounds R` times (default 2), alternating the order (raw, off, on; then on, off, raw; ...) so that drift
+//! favours neither, each on a fresh database, and the figures are the medians.
 
 use fechatter_server::auth::JwtKeys;
 use fechatter_server::config::Settings;
@@ -18,12 +22,14 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     messages: usize,
     clients: usize,
+    rounds: usize,
 }
 
 fn args() -> Args {
     let mut out = Args {
         messages: 20_000,
         clients: 16,
+        rounds: 2,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -31,6 +37,7 @@ fn args() -> Args {
         match (pair[0].as_str(), value) {
             ("--messages", Some(v)) => out.messages = v,
             ("--clients", Some(v)) => out.clients = v,
+            ("--rounds", Some(v)) => out.rounds = v.max(1),
             _ => eprintln!("ignored argument {:?}", pair),
         }
     }
@@ -42,6 +49,26 @@ struct Figures {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+}
+
+impl Figures {
+    /// The median of each figure over rounds.
+    fn median(rounds: &[Figures]) -> Figures {
+        let of = |f: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            }
+        };
+        Figures {
+            rate: of(|f| f.rate),
+            p50_ms: of(|f| f.p50_ms),
+            p99_ms: of(|f| f.p99_ms),
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -98,13 +125,12 @@ async fn api_send_rate(
     postgres: &PostgresServer,
     nats: &NatsServer,
     keys_dir: &std::path::Path,
+    database: &str,
     analytics: bool,
     total: usize,
     clients: usize,
 ) -> anyhow::Result<(Figures, i64)> {
-    let db = postgres
-        .create_database(&format!("send_bench_{}", if analytics { "on" } else { "off" }))
-        .await?;
+    let db = postgres.create_database(database).await?;
     let files = tempfile::tempdir()?;
     let vars: Vec<(String, String)> = [
         ("FECHATTER__SERVER__HOST", "127.0.0.1".to_owned()),
@@ -217,8 +243,12 @@ async fn api_send_rate(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Args { messages, clients } = args();
-    println!("send_bench: {messages} messages, {clients} concurrent clients");
+    let Args {
+        messages,
+        clients,
+        rounds,
+    } = args();
+    println!("send_bench: {messages} messages, {clients} concurrent clients, {rounds} rounds");
     let (postgres, nats) = tokio::join!(PostgresServer::start(), NatsServer::start());
     let (postgres, nats) = (postgres?, nats?);
     let client = async_nats::connect(nats.url()).await?;
@@ -234,12 +264,37 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(keys_dir.path().join("private.pem"), private)?;
     std::fs::write(keys_dir.path().join("public.pem"), public)?;
 
-    let raw_db = postgres.create_database("raw_bench").await?;
-    let raw = raw_insert_rate(&raw_db, messages, clients).await?;
-    let (off, _) = api_send_rate(&postgres, &nats, keys_dir.path(), false, messages, clients).await?;
-    let (on, outbox_left) = api_send_rate(&postgres, &nats, keys_dir.path(), true, messages, clients).await?;
+    let (mut raws, mut offs, mut ons, mut outbox_left) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for which in order {
+            let name = ["raw", "off", "on"][which];
+            match which {
+                0 => {
+                    let db = postgres.create_database(&format!("raw_bench_{round}")).await?;
+                    raws.push(raw_insert_rate(&db, messages, clients).await?);
+                }
+                _ => {
+                    let on = which == 2;
+                    let db = format!("send_bench_{name}_{round}");
+                    let (figures, left) =
+                        api_send_rate(&postgres, &nats, keys_dir.path(), &db, on, messages, clients).await?;
+                    if on {
+                        outbox_left = outbox_left.max(left);
+                        ons.push(figures);
+                    } else {
+                        offs.push(figures);
+                    }
+                }
+            }
+            let last = [&raws, &offs, &ons][which].last().map_or(0.0, |f| f.rate);
+            println!("  round {}: {name:<3} {last:>8.0}/s", round + 1);
+        }
+    }
+    let (raw, off, on) = (Figures::median(&raws), Figures::median(&offs), Figures::median(&ons));
 
     println!();
+    println!("medians of {rounds} rounds:");
     println!("| measurement                               |  per second |  p50 ms |  p99 ms |");
     println!("|-------------------------------------------|------------:|--------:|--------:|");
     for (name, f) in [
@@ -263,6 +318,6 @@ async fn main() -> anyhow::Result<()> {
         "analytics on / raw     = {on_raw:.2} (target >= 0.50) {}",
         if on_raw >= 0.5 { "met" } else { "TARGET MISSED" }
     );
-    println!("outbox rows left when sending stopped: {outbox_left}");
+    println!("outbox rows left when sending stopped (most of any round): {outbox_left}");
     Ok(())
 }

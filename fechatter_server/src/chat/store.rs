@@ -249,11 +249,12 @@ pub enum Sent {
 /// The `chat_events` payload is the JSON [`live::Notice`] reads: `kind`, `chat_id`, `ids` and the message,
 /// which is left out (receivers load it by id) when the payload would exceed [`live::MAX_PAYLOAD_BYTES`].
 ///
-/// The statement writes nothing but the message and its event: no row every send to a chat shares. The chat's
-/// last activity is read from its newest message (see `chat_columns!`) instead of being stored on the chat's
-/// row, which every send to a busy chat would update and wait for (pgbench of this statement, 16 clients, one
-/// chat, prepared: 3,660/s with that update, 4,770/s without), and the relay is woken in memory rather than by
-/// a second `NOTIFY` (2,310/s with both notifications, 3,660/s with neither: `NOTIFY` serializes commits).
+/// The statement writes nothing but the message and its event: no row that every send to a chat shares. The
+/// chat's last activity is read from its newest message (see `chat_columns!`) instead of being stored on the
+/// chat's row, which every send to a busy chat would update and wait for; and the outbox relay is woken in
+/// memory, not by a second `NOTIFY`: PostgreSQL serializes the commits of notifying transactions, and the one
+/// live-update `NOTIFY` left already halves the statement's rate. `benches/send_statement/run.sh` measures
+/// this statement and its parts with pgbench (its `send_on.sql` is this statement; keep them alike).
 pub async fn send_message(
     conn: &mut PgConnection,
     sender: AuthUser,
