@@ -16,8 +16,8 @@ use sqlx::{PgConnection, Row as _};
 /// it meant every send updating its chat's row, one row that all sends to a busy chat contend for (see
 /// [`send_message`]).
 ///
-/// Macros rather than constants so that statements are
-/// `concat!`-ed into `&'static str` at compile time: no SQL is ever assembled at run time.
+/// Macros rather than constants so that statements are `concat!`-ed into `&'static str` at compile time: no SQL
+/// is ever assembled at run time.
 macro_rules! chat_columns {
     () => {
         "c.id, c.name, c.chat_type, c.owner_id, c.workspace_id, c.created_at, \
