@@ -4,6 +4,7 @@
 # fechatter_server/migrations and the settings the tests and send_bench use (fsync off), 16 clients on one chat.
 #
 # Usage: fechatter_server/benches/send_statement/run.sh [seconds per run, default 8] [rounds, default 2]
+# raw.sql and message_insert.sql are the baselines; the send variants are put together from parts/.
 # Prints transactions per second per variant (median of the rounds, run in alternating order) and each
 # variant's ratio to raw.sql.
 set -euo pipefail
@@ -27,6 +28,28 @@ printf "listen_addresses='127.0.0.1'\nport=%s\nunix_socket_directories='%s'\nfsy
 as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
 psql=(psql -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
 
+# The send statement's variants, put together from parts/: name, with the outbox row, with the live NOTIFY.
+statement() {
+    local name=$1 event=$2 live=$3 columns="EXISTS (SELECT 1 FROM member) AS is_member"
+    {
+        echo '\set u random(1, 16)'
+        grep -v '^--' "$here/parts/send.sql"
+        if [ "$event" = 1 ]; then
+            echo ','; grep -v '^--' "$here/parts/event.sql"
+            columns+=", (SELECT count(*) FROM event) AS events"
+        fi
+        if [ "$live" = 1 ]; then
+            echo ','; grep -v '^--' "$here/parts/live.sql"
+            columns+=", (SELECT count(*) FROM live_notice) AS notices"
+        fi
+        echo "SELECT $columns, ins.* FROM (SELECT) AS one LEFT JOIN ins ON true;"
+    } >"$dir/$name.sql"
+}
+cp "$here/raw.sql" "$here/message_insert.sql" "$dir/"
+statement send_off_without_live 0 0
+statement send_off 0 1
+statement send_on_without_live 1 0
+statement send_on 1 1
 variants=(raw message_insert send_off_without_live send_off send_on_without_live send_on)
 declare -A tps
 for round in $(seq 1 "$rounds"); do
@@ -48,7 +71,7 @@ for round in $(seq 1 "$rounds"); do
             CREATE TABLE raw_bench (id BIGSERIAL PRIMARY KEY, chat_id BIGINT, sender_id BIGINT, content TEXT,
                 created_at TIMESTAMPTZ DEFAULT now());"
         rate=$(pgbench -M prepared -n -h 127.0.0.1 -p "$port" -U postgres -c 16 -j 2 -T "$seconds" \
-            -f "$here/$v.sql" "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+            -f "$dir/$v.sql" "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
         [ -n "$rate" ] || { echo "pgbench failed on $v.sql" >&2; exit 1; }
         printf '  round %s: %-28s %8.0f/s\n' "$round" "$v" "$rate"
         tps[$v]="${tps[$v]:-} $rate"

@@ -254,7 +254,7 @@ pub enum Sent {
 /// chat's row, which every send to a busy chat would update and wait for; and the outbox relay is woken in
 /// memory, not by a second `NOTIFY`: PostgreSQL serializes the commits of notifying transactions, and the one
 /// live-update `NOTIFY` left already halves the statement's rate. `benches/send_statement/run.sh` measures
-/// this statement and its parts with pgbench (its `send_on.sql` is this statement; keep them alike).
+/// this statement and its parts with pgbench (its `parts/` are this statement; keep them alike).
 pub async fn send_message(
     conn: &mut PgConnection,
     sender: AuthUser,
