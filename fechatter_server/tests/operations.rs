@@ -1,7 +1,7 @@
 //! The operator tooling, run as users run it: `scripts/test-analytics-connection.sh` and
 //! `scripts/fix-analytics-connection.sh` end to end against both service binaries on private NATS, PostgreSQL
-//! and ClickHouse servers (the fix script must repair a deleted stream and a stopped NATS), and
-//! `docker-compose.yml` checked by the real Docker Compose v2.
+//! and ClickHouse servers (the fix script must repair a deleted stream and a stopped NATS); `docker-compose.yml`
+//! checked by the real Docker Compose v2; and the send-statement benchmark script.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -475,4 +475,41 @@ async fn run_local_starts_the_system_reusing_a_healthy_nats_and_stops_only_what_
         nats.is_running() && port_open(nats.port()),
         "the reused NATS must keep running"
     );
+}
+
+/// The send statement's pgbench breakdown (`benches/send_statement/run.sh`, quoted in README.md) still runs
+/// against the current schema: every variant is measured and compared with the raw insert.
+#[test]
+fn the_send_statement_benchmark_runs_on_the_current_schema() {
+    let script = workspace_root().join("fechatter_server/benches/send_statement/run.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["1", "1"])
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for variant in [
+        "raw",
+        "message_insert",
+        "send_off_without_live",
+        "send_off",
+        "send_on_without_live",
+        "send_on",
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {variant}.sql ")))
+            .unwrap_or_else(|| panic!("no row for {variant}: {stdout}"));
+        let rate: f64 = row
+            .split('|')
+            .nth(2)
+            .and_then(|c| c.trim().parse().ok())
+            .expect("a rate");
+        assert!(rate > 0.0, "{row}");
+    }
 }

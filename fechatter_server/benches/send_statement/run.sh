@@ -14,7 +14,7 @@ seconds=${1:-8}
 rounds=${2:-2}
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL is not installed: run scripts/install-deps.sh" >&2; exit 1; }
-command -v pgbench >/dev/null || { echo "pgbench is not installed: run scripts/install-deps.sh" >&2; exit 1; }
+[ -x "$PG_BIN/pgbench" ] || { echo "pgbench is not installed: run scripts/install-deps.sh" >&2; exit 1; }
 
 dir=$(mktemp -d)
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -70,7 +70,7 @@ for round in $(seq 1 "$rounds"); do
             INSERT INTO chat_members (chat_id, user_id) SELECT 1, id FROM users;
             CREATE TABLE raw_bench (id BIGSERIAL PRIMARY KEY, chat_id BIGINT, sender_id BIGINT, content TEXT,
                 created_at TIMESTAMPTZ DEFAULT now());"
-        rate=$(pgbench -M prepared -n -h 127.0.0.1 -p "$port" -U postgres -c 16 -j 2 -T "$seconds" \
+        rate=$("$PG_BIN/pgbench" -M prepared -n -h 127.0.0.1 -p "$port" -U postgres -c 16 -j 2 -T "$seconds" \
             -f "$dir/$v.sql" "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
         [ -n "$rate" ] || { echo "pgbench failed on $v.sql" >&2; exit 1; }
         printf '  round %s: %-28s %8.0f/s\n' "$round" "$v" "$rate"
