@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use test_support::raw_http::{self, Answer, Payload, RawRequest, is_error_body, rss_mib};
+use test_support::raw_http::{self, Answer, Payload, RawRequest, is_error_body, rss_mib, send_all};
 
 /// `server.max_body_bytes` (the shipped default).
 const MAX_BODY: usize = 524_288;
@@ -1061,14 +1061,7 @@ async fn hostile_requests_get_a_2xx_or_a_json_4xx_and_memory_stays_bounded() {
     let run_started = Instant::now();
 
     let port = app.port;
-    let answers: Vec<(usize, Result<Answer, String>)> = futures::stream::iter(probes.iter().enumerate())
-        .map(|(i, probe)| {
-            let http = http.clone();
-            async move { (i, send(&http, port, probe).await) }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let answers = send_all(&probes, CONCURRENCY, |probe| send(&http, port, probe)).await;
     let run_time = run_started.elapsed();
 
     let mut tally = Tally::default();
@@ -1089,7 +1082,7 @@ async fn hostile_requests_get_a_2xx_or_a_json_4xx_and_memory_stays_bounded() {
                         "{why}: {} -> {} {}",
                         probe.describe(),
                         answer.status,
-                        String::from_utf8_lossy(&answer.body[..answer.body.len().min(300)])
+                        answer.excerpt()
                     ));
                 }
                 if probe.expect == Expect::Unrouted && !is_error_body(&answer.body) {

@@ -13,7 +13,6 @@
 mod common;
 
 use common::{TestApp, User};
-use futures::StreamExt as _;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree as _;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
@@ -23,7 +22,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use test_support::raw_http::{self, Answer, Payload, RawRequest, is_error_body, rss_mib};
+use test_support::raw_http::{self, Answer, Payload, RawRequest, is_error_body, rss_mib, send_all};
 
 /// `server.max_body_bytes` (the shipped default).
 const MAX_BODY: usize = 262_144;
@@ -1348,14 +1347,7 @@ async fn hostile_requests_to_every_route_get_a_2xx_or_a_json_4xx() {
     let rss_before = rss_mib();
     let run_started = Instant::now();
     let port = app.port;
-    let answers: Vec<(usize, Result<Answer, String>)> = futures::stream::iter(probes.iter().enumerate())
-        .map(|(i, probe)| {
-            let http = http.clone();
-            async move { (i, send(&http, port, probe).await) }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let answers = send_all(&probes, CONCURRENCY, |probe| send(&http, port, probe)).await;
     let run_time = run_started.elapsed();
 
     let mut per_route: BTreeMap<&'static str, [usize; 4]> = BTreeMap::new();
@@ -1383,7 +1375,7 @@ async fn hostile_requests_to_every_route_get_a_2xx_or_a_json_4xx() {
                         "{why}: {} -> {} {}",
                         probe.describe(),
                         answer.status,
-                        String::from_utf8_lossy(&answer.body[..answer.body.len().min(300)])
+                        answer.excerpt()
                     ));
                 }
             }

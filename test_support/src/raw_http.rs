@@ -2,7 +2,10 @@
 //! header bytes and framing), with the answer read while the body is still being written, so that an early
 //! answer (a 413 before the body is read) is seen instead of a broken pipe. Also the checks those tests share.
 
+use futures::StreamExt as _;
 use serde_json::Value;
+use std::borrow::Cow;
+use std::future::Future;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A hostile request's body. Large bodies are described, not held, until they are sent.
@@ -90,6 +93,34 @@ pub struct Answer {
     pub status: u16,
     /// The body as received (the connection is closed after it).
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The start of the body (300 bytes at most, lossily decoded), for failure messages.
+    pub fn excerpt(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.body[..self.body.len().min(300)])
+    }
+}
+
+/// Sends every probe with `send`, `concurrency` at a time; the answers come back with the index of their probe,
+/// in the order they arrived.
+pub async fn send_all<'p, P, F, Fut>(
+    probes: &'p [P],
+    concurrency: usize,
+    send: F,
+) -> Vec<(usize, Result<Answer, String>)>
+where
+    F: Fn(&'p P) -> Fut,
+    Fut: Future<Output = Result<Answer, String>> + 'p,
+{
+    futures::stream::iter(probes.iter().enumerate())
+        .map(|(i, probe)| {
+            let answer = send(probe);
+            async move { (i, answer.await) }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
 }
 
 /// A request to send raw.
