@@ -1,4 +1,4 @@
-//! Message-send benchmark: `cargo run --release -p fechatter_server --example send_bench [-- --messages N --clients C --rounds R]`.
+//! Message-send benchmark: `cargo run --release -p fechatter_server --example send_bench [-- --messages N --clients C --rounds R --durability on|off]`.
 //!
 //! In one run, on private PostgreSQL and NATS servers started for it, it measures:
 //! 1. the raw PostgreSQL single-row INSERT + COMMIT rate with C connections (the machine's limit for this work),
@@ -6,6 +6,10 @@
 //!    transaction, relayed to JetStream), with C concurrent clients.
 //!
 //! It prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5).
+//!
+//! PostgreSQL runs with its default, production durability (`--durability on`): a commit returns once it is on
+//! disk, so "insert + commit" means what it means in production. `--durability off` runs with the tests'
+//! settings (no `fsync`), where a commit costs only CPU.
 //!
 //! The machine drifts (other tenants, PostgreSQL's background work after each run), so every measurement runs
 //! `--rounds R` times (default 2), alternating the order (raw, off, on; then on, off, raw; ...) so that drift
@@ -16,13 +20,14 @@ use fechatter_server::config::Settings;
 use fechatter_server::startup::Application;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use test_support::{NatsServer, PostgresServer};
+use test_support::{Durability, NatsServer, PostgresServer};
 use tokio_util::sync::CancellationToken;
 
 struct Args {
     messages: usize,
     clients: usize,
     rounds: usize,
+    durability: Durability,
 }
 
 fn args() -> Args {
@@ -30,6 +35,7 @@ fn args() -> Args {
         messages: 20_000,
         clients: 16,
         rounds: 2,
+        durability: Durability::On,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -38,6 +44,8 @@ fn args() -> Args {
             ("--messages", Some(v)) => out.messages = v,
             ("--clients", Some(v)) => out.clients = v,
             ("--rounds", Some(v)) => out.rounds = v.max(1),
+            ("--durability", _) if pair.get(1).is_some_and(|v| v == "on") => out.durability = Durability::On,
+            ("--durability", _) if pair.get(1).is_some_and(|v| v == "off") => out.durability = Durability::Off,
             _ => eprintln!("ignored argument {:?}", pair),
         }
     }
@@ -247,9 +255,12 @@ async fn main() -> anyhow::Result<()> {
         messages,
         clients,
         rounds,
+        durability,
     } = args();
-    println!("send_bench: {messages} messages, {clients} concurrent clients, {rounds} rounds");
-    let (postgres, nats) = tokio::join!(PostgresServer::start(), NatsServer::start());
+    println!(
+        "send_bench: {messages} messages, {clients} concurrent clients, {rounds} rounds, PostgreSQL durability {durability:?}"
+    );
+    let (postgres, nats) = tokio::join!(PostgresServer::start_with(durability), NatsServer::start());
     let (postgres, nats) = (postgres?, nats?);
     let client = async_nats::connect(nats.url()).await?;
     async_nats::jetstream::new(client)

@@ -1,10 +1,11 @@
 //! Live updates (`GET /api/events`, server-sent events) against real PostgreSQL and NATS servers, read the way a
 //! browser would: a streaming HTTP response parsed into `data:` lines. Members receive the changes of their
-//! chats and nothing of other chats, membership changes take effect on open streams, a message too large for a
-//! PostgreSQL notification still arrives whole, a second server instance on the same database delivers what
-//! the first one committed, and shutting down ends open streams instead of hanging. The hub itself is also
-//! driven directly: a subscriber that falls behind is told to resync rather than buffered without bound, and a
-//! lost `LISTEN` connection is re-established.
+//! chats and nothing of other chats, membership changes take effect on open streams, a large message arrives
+//! whole, a second server instance on the same database delivers what the first one committed, and shutting
+//! down ends open streams instead of hanging. The hub and its journal are also driven directly: a read returns
+//! a change exactly once, even when its transaction commits after a later one; a change nobody woke the hub for
+//! still arrives; a subscriber that falls behind is told to resync rather than buffered without bound; and a
+//! lost wake-up connection loses nothing.
 
 mod common;
 
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use common::{TestApp, User};
 use fechatter_server::auth::JwtKeys;
 use fechatter_server::config::Settings;
-use fechatter_server::live::{BUFFER_EVENTS, Delivery, LiveHub, Subscription};
+use fechatter_server::live::{BUFFER_EVENTS, Delivery, LiveHub, LiveKind, POLL_INTERVAL, Subscription, journal};
 use fechatter_server::startup::Application;
 use futures::{Stream, StreamExt as _};
 use reqwest::StatusCode;
@@ -94,8 +95,8 @@ fn base(port: u16) -> String {
 
 /// Drains what was committed before now from `streams`, whose users are all members of `chat`: a stream
 /// connected just after a change may still receive it (`ready` promises every later change, not only those).
-/// Renames `chat` and discards each stream's events up to that rename; notifications arrive in commit order, so
-/// afterwards a stream holds only what is committed next.
+/// Renames `chat` and discards each stream's events up to that rename; a change arrives after every change
+/// committed before it began, so afterwards a stream holds only what is committed next.
 async fn settle(app: &TestApp, owner: &User, chat: i64, streams: &mut [&mut Events]) {
     let name = format!("settled {}", uuid::Uuid::new_v4().simple());
     let (status, body) = app
@@ -262,14 +263,15 @@ async fn an_open_stream_follows_the_users_membership_without_reconnecting() {
 }
 
 #[tokio::test]
-async fn a_message_too_large_for_a_notification_arrives_whole_loaded_from_the_database() {
+async fn a_large_message_arrives_whole() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
     let chat = create(&app, &ada, "Team", &[&bob]).await;
     let mut bobs = Events::connect(&base(app.port), &bob).await;
     settle(&app, &ada, chat, &mut [&mut bobs]).await;
-    // 4000 characters of 3 bytes each: 12 kB, beyond PostgreSQL's 8000-byte notification payloads.
+    // 4000 characters of 3 bytes each: 12 kB, beyond what PostgreSQL stores inline in a row (it compresses or
+    // moves it out of line).
     let content = "€".repeat(4000);
 
     let id = app.send_message(&ada, chat, &content).await;
@@ -401,21 +403,20 @@ async fn a_subscriber_that_falls_behind_loses_the_oldest_events_and_is_told_to_r
 
     // Changes of others in Ada's chat, far more than a subscriber may fall behind, then one in Bob's.
     sqlx::query(
-        "SELECT pg_notify('chat_events', json_build_object('kind', 'member_left', 'chat_id', $1::bigint, \
-         'ids', json_build_array(g))::text) FROM generate_series(1, $2::int) AS g",
+        "INSERT INTO live_events (notice) SELECT json_build_object('kind', 'member_left', 'chat_id', $1::bigint, \
+         'ids', json_build_array(g))::text FROM generate_series(1, $2::int) AS g ORDER BY g",
     )
     .bind(busy)
     .bind(i32::try_from(burst).expect("small"))
     .execute(&app.pool)
     .await
-    .expect("notify");
-    sqlx::query(
-        "SELECT pg_notify('chat_events', json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text)",
-    )
-    .bind(quiet)
-    .execute(&app.pool)
-    .await
-    .expect("notify");
+    .expect("journal");
+    sqlx::query("INSERT INTO live_events (notice) SELECT json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text")
+        .bind(quiet)
+        .execute(&app.pool)
+        .await
+        .expect("journal");
+    hub.committed();
     // Once Bob's subscriber sees its chat's change, the hub has broadcast everything.
     loop {
         match next_delivery(&mut witness).await {
@@ -441,7 +442,45 @@ async fn a_subscriber_that_falls_behind_loses_the_oldest_events_and_is_told_to_r
 }
 
 #[tokio::test]
-async fn a_lost_listen_connection_is_re_established_and_subscribers_are_told_to_resync() {
+async fn a_lost_wake_up_connection_loses_nothing() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    let (hub, stop) = standalone_hub(&app).await;
+    let mut subscription = hub.subscribe(app.pool.clone(), ada.id).expect("subscription");
+    assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
+    // The hub listens once it has read the journal: wait for its LISTEN connection.
+    let mut killed: Vec<bool> = Vec::new();
+    for _ in 0..100 {
+        killed = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN \"chat_events\"%'",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .expect("terminate");
+        if !killed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!killed.is_empty(), "a LISTEN connection was found");
+
+    // Sent through the test app's own hub: this standalone one hears of it only by its wake-up channel,
+    // re-established, or by polling.
+    let id = app.send_message(&ada, chat, "after the reconnect").await;
+
+    match next_delivery(&mut subscription).await {
+        Delivery::Event(event) => {
+            let data: Value = serde_json::from_str(&event.data).expect("json");
+            assert_eq!(data["message_id"].as_i64(), Some(id));
+        }
+        other => panic!("expected the message, no resync: got {other:?}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_change_nobody_woke_the_hub_for_arrives_within_the_poll_interval() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Team", &[]).await;
@@ -449,25 +488,65 @@ async fn a_lost_listen_connection_is_re_established_and_subscribers_are_told_to_
     let mut subscription = hub.subscribe(app.pool.clone(), ada.id).expect("subscription");
     assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
 
-    let killed: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN \"chat_events\"%'",
-    )
-    .fetch_all(&app.pool)
-    .await
-    .expect("terminate");
-    assert!(!killed.is_empty(), "a LISTEN connection was found");
+    // As left by an instance that crashed between its commit and waking anyone.
+    let written = std::time::Instant::now();
+    sqlx::query("INSERT INTO live_events (notice) SELECT json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text")
+        .bind(chat)
+        .execute(&app.pool)
+        .await
+        .expect("journal");
 
-    assert!(matches!(
-        next_delivery(&mut subscription).await,
-        Delivery::Resync { missed: 0 }
-    ));
-    let id = app.send_message(&ada, chat, "after the reconnect").await;
     match next_delivery(&mut subscription).await {
-        Delivery::Event(event) => {
-            let data: Value = serde_json::from_str(&event.data).expect("json");
-            assert_eq!(data["message_id"].as_i64(), Some(id));
-        }
-        other => panic!("expected the message, got {other:?}"),
+        Delivery::Event(event) => assert_eq!((event.kind, event.chat_id), (LiveKind::ChatUpdated, chat)),
+        other => panic!("expected the change, got {other:?}"),
     }
+    let waited = written.elapsed();
+    assert!(waited < POLL_INTERVAL * 3, "arrived after {waited:?}");
     stop.cancel();
+}
+
+#[tokio::test]
+async fn a_journal_read_returns_each_change_once_even_when_an_older_transaction_commits_later() {
+    let app = TestApp::start(&[]).await;
+    let mut cursor = journal::Cursor::now(&app.pool).await.expect("cursor");
+    let notices = |read: journal::Read| match read {
+        journal::Read::Notices(notices) => notices,
+        journal::Read::Overflow => panic!("no overflow expected"),
+    };
+
+    // `early` takes its transaction id first but commits last.
+    let mut early = app.pool.begin().await.expect("begin");
+    journal::append(&mut *early, "early").await.expect("append");
+    let mut late = app.pool.begin().await.expect("begin");
+    journal::append(&mut *late, "late").await.expect("append");
+    late.commit().await.expect("commit");
+
+    let first = notices(journal::read(&app.pool, &mut cursor, 100).await.expect("read"));
+    assert_eq!(first, ["late"], "only committed changes are read");
+    early.commit().await.expect("commit");
+    let mut rolled_back = app.pool.begin().await.expect("begin");
+    journal::append(&mut *rolled_back, "rolled back").await.expect("append");
+    rolled_back.rollback().await.expect("rollback");
+    let second = notices(journal::read(&app.pool, &mut cursor, 100).await.expect("read"));
+    assert_eq!(
+        second,
+        ["early"],
+        "the older transaction's change is read once it commits, and only it"
+    );
+    let third = notices(journal::read(&app.pool, &mut cursor, 100).await.expect("read"));
+    assert!(third.is_empty(), "nothing is read twice: {third:?}");
+
+    for i in 0..3 {
+        let mut tx = app.pool.begin().await.expect("begin");
+        journal::append(&mut *tx, &format!("burst {i}")).await.expect("append");
+        tx.commit().await.expect("commit");
+    }
+    assert!(
+        matches!(
+            journal::read(&app.pool, &mut cursor, 2).await.expect("read"),
+            journal::Read::Overflow
+        ),
+        "more than the limit is reported, not returned"
+    );
+    assert!(notices(journal::read(&app.pool, &mut cursor, 100).await.expect("read")).is_empty());
 }

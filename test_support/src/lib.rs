@@ -53,6 +53,6 @@ mod util;
 
 pub use clickhouse::ClickHouseServer;
 pub use nats::NatsServer;
-pub use postgres::PostgresServer;
+pub use postgres::{Durability, PostgresServer};
 pub use process::{ChildProcess, cargo_bin};
 pub use util::{free_port, require_program, try_free_port, wait_until, wait_until_ok};

@@ -16,6 +16,15 @@ const START_ATTEMPTS: usize = 3;
 /// Seconds `pg_ctl` waits for a start or a stop.
 const PG_CTL_TIMEOUT_SECS: &str = "60";
 
+/// Whether commits reach the disk before they return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off: fast, for tests, whose data nobody keeps.
+    Off,
+    /// PostgreSQL's defaults, as in production: a commit returns once flushed. For benchmarks.
+    On,
+}
+
 /// A PostgreSQL server on 127.0.0.1 with its own port, cluster and Unix socket directory in a
 /// temporary directory; authentication is `trust`, the superuser is `postgres`. Stopped with
 /// `pg_ctl stop -m immediate` when dropped.
@@ -34,6 +43,11 @@ impl PostgresServer {
     /// Creates a cluster with `initdb` (trust authentication, superuser `postgres`, UTF8, locale
     /// C, durability off for speed) and starts it with `pg_ctl start -w`.
     pub async fn start() -> Result<Self> {
+        Self::start_with(Durability::Off).await
+    }
+
+    /// As [`start`](Self::start), with the given durability.
+    pub async fn start_with(durability: Durability) -> Result<Self> {
         let bin_dir = find_bin_dir()?;
         let psql = [bin_dir.join("psql")]
             .into_iter()
@@ -59,7 +73,7 @@ impl PostgresServer {
             chown.arg("postgres:postgres").arg(server.dir.path());
             run(chown, "chown of the PostgreSQL directory to the `postgres` user").await?;
         }
-        server.init_cluster().await?;
+        server.init_cluster(durability).await?;
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             server.port = try_free_port()?;
@@ -75,8 +89,8 @@ impl PostgresServer {
         }
     }
 
-    /// Runs `initdb` and appends the settings that keep the server private and fast.
-    async fn init_cluster(&self) -> Result<()> {
+    /// Runs `initdb` and appends the settings that keep the server private (and fast, without durability).
+    async fn init_cluster(&self, durability: Durability) -> Result<()> {
         let mut initdb = self.pg_command("initdb");
         initdb
             .arg("-D")
@@ -84,14 +98,14 @@ impl PostgresServer {
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "-N"]);
         run(initdb, "initdb").await?;
         let socket_dir = self.dir.path().display().to_string().replace('\'', "''");
-        let settings = format!(
+        let mut settings = format!(
             "\n# test_support\n\
              listen_addresses = '127.0.0.1'\n\
-             unix_socket_directories = '{socket_dir}'\n\
-             fsync = off\n\
-             synchronous_commit = off\n\
-             full_page_writes = off\n"
+             unix_socket_directories = '{socket_dir}'\n"
         );
+        if durability == Durability::Off {
+            settings.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        }
         let conf = self.data_dir().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf).with_context(|| format!("reading {}", conf.display()))?;
         text.push_str(&settings);

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What each part of a message send costs PostgreSQL: runs the send statement of `chat::store::send_message` and
 # its parts with pgbench (prepared, as sqlx runs it), against a private PostgreSQL with the schema of
-# fechatter_server/migrations and the settings the tests and send_bench use (fsync off), 16 clients on one chat.
+# fechatter_server/migrations and, as send_bench, PostgreSQL's default durability (a commit returns once it is on
+# disk; DURABILITY=off runs with the tests' settings, fsync off), 16 clients on one chat.
 #
-# Usage: fechatter_server/benches/send_statement/run.sh [seconds per run, default 8] [rounds, default 2]
+# Usage: [DURABILITY=on|off] fechatter_server/benches/send_statement/run.sh [seconds per run, default 8] [rounds, default 2]
 # raw.sql and message_insert.sql are the baselines; the send variants are put together from parts/.
 # Prints transactions per second per variant (median of the rounds, run in alternating order) and each
 # variant's ratio to raw.sql.
@@ -23,8 +24,12 @@ cleanup() { as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_postgres "$PG_BIN/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C -N >/dev/null
-printf "listen_addresses='127.0.0.1'\nport=%s\nunix_socket_directories='%s'\nfsync=off\nsynchronous_commit=off\nfull_page_writes=off\n" \
-    "$port" "$dir" >>"$dir/data/postgresql.conf"
+printf "listen_addresses='127.0.0.1'\nport=%s\nunix_socket_directories='%s'\n" "$port" "$dir" >>"$dir/data/postgresql.conf"
+case "${DURABILITY:-on}" in
+    on) ;;
+    off) printf "fsync=off\nsynchronous_commit=off\nfull_page_writes=off\n" >>"$dir/data/postgresql.conf" ;;
+    *) echo "DURABILITY must be on or off, not '$DURABILITY'" >&2; exit 2 ;;
+esac
 as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
 psql=(psql -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
 

@@ -9,8 +9,7 @@
 //! The relay wakes as soon as a new row is visible instead of waiting for `flush_interval_ms`, in two ways:
 //! - a message send (most of the rows) commits its row in one statement and then wakes the relay of its own
 //!   process in memory ([`super::Analytics::written`]). Not through PostgreSQL: `NOTIFY` serializes the commits
-//!   of every notifying transaction on one lock, and one `NOTIFY` already halves the send statement's rate
-//!   (`benches/send_statement/run.sh`; see `chat::store::send_message`);
+//!   of every notifying transaction on one lock, disk flush included (see `crate::live::journal`);
 //! - `enqueue` (sign-ups, sign-ins, chat changes: rare) runs `pg_notify('analytics_outbox')`, which PostgreSQL
 //!   delivers only on commit, to the relays of every instance.
 //!

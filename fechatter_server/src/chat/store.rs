@@ -1,5 +1,5 @@
 //! The chat domain's SQL. Every function takes the connection to run on — a transaction when the statement is
-//! part of a change that also writes an analytics event or a live-update notification, so all commit together.
+//! part of a change that also writes an analytics event or a live-update notice, so all commit together.
 //!
 //! Every value is a bound parameter; no SQL text is ever built from input.
 
@@ -8,7 +8,7 @@ use super::policy::{self, Access, ChatHead};
 use crate::analytics::outbox::OutboxRow;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::live::{self, LiveKind};
+use crate::live::LiveKind;
 use sqlx::{PgConnection, Row as _};
 
 /// Columns of [`Chat`], selected from `chats c`. `last_activity_at` is the newest message's time (one probe of
@@ -224,7 +224,7 @@ pub async fn message_by_key(
 /// What [`send_message`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
-    /// The message was stored, with its event (when one was given) and its notifications.
+    /// The message was stored, with its event (when one was given) and its live-update notice.
     Created {
         /// The stored message.
         message: Message,
@@ -241,28 +241,26 @@ pub enum Sent {
 
 /// Sends `new` from `sender` in one statement, so one round trip and, run on its own, one atomic transaction:
 /// checks that the sender is a member of the chat in their workspace, stores the message (nothing on an
-/// idempotency-key conflict), and only when it was stored writes `event` to the outbox (when given) and notifies
-/// `chat_events`. PostgreSQL delivers the notification only if the statement commits, so it, the event and the
-/// message exist together or not at all, once per new message. The caller wakes the outbox relay once the
-/// statement returned (see `outbox`).
+/// idempotency-key conflict), and only when it was stored writes `event` to the outbox (when given) and the
+/// live-update notice to the journal (`live::journal`). So the message, its event and its notice exist together
+/// or not at all, once per new message. The caller wakes the outbox relay and the live hub once the statement
+/// returned.
 ///
-/// The `chat_events` payload is the JSON [`live::Notice`] reads: `kind`, `chat_id`, `ids` and the message,
-/// which is left out (receivers load it by id) when the payload would exceed [`live::MAX_PAYLOAD_BYTES`].
+/// The notice is the JSON [`crate::live::Notice`] reads: `kind`, `chat_id`, `ids` and the message.
 ///
-/// The statement writes nothing but the message and its event: no row that every send to a chat shares. The
-/// chat's last activity is read from its newest message (see `chat_columns!`) instead of being stored on the
-/// chat's row, which every send to a busy chat would update and wait for; and the outbox relay is woken in
-/// memory, not by a second `NOTIFY`: PostgreSQL serializes the commits of notifying transactions, and the one
-/// live-update `NOTIFY` left already halves the statement's rate. `benches/send_statement/run.sh` measures
-/// this statement and its parts with pgbench (its `parts/` are this statement; keep them alike).
+/// The statement writes nothing but the message, its event and its notice: no row that every send to a chat
+/// shares, and no `NOTIFY`. The chat's last activity is read from its newest message (see `chat_columns!`)
+/// instead of being stored on the chat's row, which every send to a busy chat would update and wait for; and
+/// PostgreSQL serializes the commits of notifying transactions, disk flush included (see `live::journal`).
+/// `benches/send_statement/run.sh` measures this statement and its parts with pgbench (its `parts/` are this
+/// statement; keep them alike).
 pub async fn send_message(
     conn: &mut PgConnection,
     sender: AuthUser,
     new: NewMessage<'_>,
     event: Option<&OutboxRow>,
 ) -> Result<Sent, sqlx::Error> {
-    // The data-modifying parts run whether read or not; the `pg_notify` SELECTs run only because the final
-    // SELECT counts their rows.
+    // The data-modifying parts run whether read or not; the final SELECT counts their rows to report them.
     let row = sqlx::query(concat!(
         "WITH member AS ( \
              SELECT c.id FROM chats c WHERE c.id = $1 AND c.workspace_id = $3 \
@@ -277,16 +275,13 @@ pub async fn send_message(
          event AS ( \
              INSERT INTO analytics_outbox (event_id, subject, payload) \
              SELECT $7, $8, $9 FROM ins WHERE $9::bytea IS NOT NULL RETURNING id), \
-         notice AS ( \
+         live_notice AS ( \
+             INSERT INTO live_events (notice) \
              SELECT json_build_object('kind', $10::text, 'chat_id', ins.chat_id, 'ids', json_build_array(ins.id), \
                  'message', json_build_object('id', ins.id, 'chat_id', ins.chat_id, 'sender_id', ins.sender_id, \
                      'content', ins.content, 'files', ins.files, 'created_at', ins.created_at, \
-                     'edited_at', ins.edited_at))::text AS whole, \
-             json_build_object('kind', $10::text, 'chat_id', ins.chat_id, 'ids', json_build_array(ins.id))::text \
-                 AS short \
-             FROM ins), \
-         live_notice AS ( \
-             SELECT pg_notify($11, CASE WHEN octet_length(whole) > $12 THEN short ELSE whole END) FROM notice) \
+                     'edited_at', ins.edited_at))::text \
+             FROM ins RETURNING id) \
          SELECT EXISTS (SELECT 1 FROM member) AS is_member, \
              (SELECT count(*) FROM event) AS events, (SELECT count(*) FROM live_notice) AS notices, \
              ins.* \
@@ -302,8 +297,6 @@ pub async fn send_message(
     .bind(event.map(|e| e.subject.as_str()))
     .bind(event.map(|e| e.payload.as_slice()))
     .bind(LiveKind::MessageCreated.as_str())
-    .bind(live::CHANNEL)
-    .bind(i32::try_from(live::MAX_PAYLOAD_BYTES).unwrap_or(i32::MAX))
     .fetch_one(&mut *conn)
     .await?;
     if !row.try_get::<bool, _>("is_member")? {
@@ -399,18 +392,6 @@ pub async fn search_messages(
     .bind(chat_id)
     .bind(q)
     .bind(limit)
-    .fetch_all(&mut *conn)
-    .await
-}
-
-/// The messages with ids in `ids` that still exist.
-pub async fn messages_by_ids(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<Message>, sqlx::Error> {
-    sqlx::query_as::<_, Message>(concat!(
-        "SELECT ",
-        message_columns!(),
-        " FROM messages WHERE id = ANY($1) ORDER BY id"
-    ))
-    .bind(ids)
     .fetch_all(&mut *conn)
     .await
 }

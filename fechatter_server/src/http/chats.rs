@@ -91,6 +91,7 @@ async fn create_chat(
     )
     .await?;
     tx.commit().await?;
+    state.live.committed();
     tracing::debug!(chat_id = chat.id, chat_type = chat.chat_type.as_str(), "chat created");
     Ok((StatusCode::CREATED, Json(chat)))
 }
@@ -162,6 +163,7 @@ async fn update_chat(
     let chat = store::rename_chat(&mut tx, chat_id, &name).await?;
     live::notify(&mut tx, &Notice::chat(LiveKind::ChatUpdated, chat_id)).await?;
     tx.commit().await?;
+    state.live.committed();
     Ok(Json(chat))
 }
 
@@ -189,5 +191,6 @@ async fn delete_chat(
     store::delete_chat(&mut tx, chat_id).await?;
     live::notify(&mut tx, &Notice::chat(LiveKind::ChatDeleted, chat_id)).await?;
     tx.commit().await?;
+    state.live.committed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -128,6 +128,7 @@ async fn add_members(
     }
     let members = store::members(&mut tx, chat_id).await?;
     tx.commit().await?;
+    state.live.committed();
     Ok(Json(members))
 }
 
@@ -187,5 +188,6 @@ async fn remove_member(
         .await?;
     live::notify(&mut tx, &Notice::members(LiveKind::MemberLeft, chat_id, &[target])).await?;
     tx.commit().await?;
+    state.live.committed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -126,6 +126,7 @@ async fn send_message(
     for _ in 0..2 {
         match store::send_message(&mut conn, user, new, event.as_ref()).await? {
             Sent::Created { message, event_written } => {
+                state.live.committed();
                 if event_written {
                     state.analytics.written();
                 }
@@ -210,6 +211,7 @@ async fn edit_message(
     let edited = store::edit_message(&mut tx, message_id, &body.content).await?;
     live::notify(&mut tx, &Notice::message(LiveKind::MessageUpdated, &edited)).await?;
     tx.commit().await?;
+    state.live.committed();
     Ok(Json(edited))
 }
 
@@ -244,6 +246,7 @@ async fn delete_message(
     store::delete_message(&mut tx, message_id).await?;
     live::notify(&mut tx, &Notice::message(LiveKind::MessageDeleted, &message)).await?;
     tx.commit().await?;
+    state.live.committed();
     Ok(StatusCode::NO_CONTENT)
 }
 

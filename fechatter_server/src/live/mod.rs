@@ -1,45 +1,53 @@
 //! Live updates (server-sent events) of new, edited and deleted messages and membership changes, across
 //! several server instances.
 //!
-//! A change and its notification commit together: the handler runs `pg_notify('chat_events', …)` in the
-//! change's transaction ([`notify`]), and PostgreSQL delivers notifications only on commit, in commit order, to
-//! every instance listening. So a client never hears of a change that rolled back, and every instance hears of
-//! every change, whichever instance made it. The payload is a small [`Notice`] (kind, chat id, ids, and the
-//! message itself when it fits PostgreSQL's 8000-byte limit); the receiving instance loads a message that did
-//! not fit from the database.
+//! A change and its notice commit together: the handler writes a [`Notice`] (kind, chat id, ids, and the
+//! message itself) to the journal in the change's transaction ([`notify`], [`journal`]), so a client never
+//! hears of a change that rolled back, and every instance reads every change, whichever instance made it.
 //!
-//! [`LiveHub::run`] holds one `LISTEN` connection per instance and fans each notice out to the instance's
+//! [`LiveHub::run`] reads the journal from one task per instance and fans each notice out to the instance's
 //! subscribers through one bounded broadcast channel: the notice is parsed and its SSE data serialized once,
-//! however many clients are connected. A subscriber that falls more than [`BUFFER_EVENTS`] behind loses the
-//! oldest events rather than making the buffer grow; it is told to `resync` (refetch what it shows), as is
-//! everyone when the `LISTEN` connection was lost, since notifications sent meanwhile are gone.
+//! however many clients are connected. It reads when woken, three ways:
+//! - a change committed by this instance: the handler calls [`LiveHub::committed`] (in memory);
+//! - a change committed by another instance: that instance's hub, having read it, sends one `NOTIFY` on
+//!   [`WAKE_CHANNEL`] (its own transaction, not the change's: see [`journal`] for why) to the others;
+//! - every [`POLL_INTERVAL`], for a change whose instance stopped before waking anyone.
+//!
+//! A subscriber that falls more than [`BUFFER_EVENTS`] behind loses the oldest events rather than making the
+//! buffer grow; it is told to `resync` (refetch what it shows), as is everyone when the hub could not read the
+//! journal for [`journal::STALE_AFTER`]. A shorter outage loses nothing: the hub resumes where it was.
 //!
 //! Each [`Subscription`] filters by membership: it loads the caller's chat ids once, then keeps them current
 //! from the member events that flow past (joins and leaves of the caller, deleted chats), reloading from the
 //! database after any `resync`. Nobody receives events of a chat they are not a member of.
 
+pub mod journal;
+
 use crate::chat::Message;
 use crate::chat::store;
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// The PostgreSQL notification channel of chat changes.
-pub const CHANNEL: &str = "chat_events";
-/// Largest notification payload sent; PostgreSQL refuses 8000 bytes and more.
-pub const MAX_PAYLOAD_BYTES: usize = 7900;
-/// Most ids in one notification (a 19-digit id and a comma each: well below the payload limit).
-pub const MAX_IDS_PER_NOTICE: usize = 200;
+/// The PostgreSQL notification channel on which hubs wake each other after reading their own instance's changes.
+pub const WAKE_CHANNEL: &str = "chat_events";
+/// Longest time between two reads of the journal.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Most notices one read returns; a hub that finds more tells its subscribers to resync.
+pub const MAX_NOTICES_PER_READ: usize = 10_000;
+/// How long a woken hub waits for the changes committing alongside the one that woke it.
+const COALESCE: Duration = Duration::from_millis(2);
 /// Events a subscriber may fall behind before it loses the oldest and is told to resync.
 pub const BUFFER_EVENTS: usize = 1024;
 /// Open event streams per instance; more are refused with 429.
 pub const MAX_SUBSCRIBERS: usize = 10_000;
-/// Longest wait before listening again after the `LISTEN` connection failed.
+/// Longest wait before reading the journal again after a failed read.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What changed.
@@ -77,7 +85,7 @@ impl LiveKind {
     }
 }
 
-/// A committed change, as carried by a notification.
+/// A committed change, as written to the journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
     /// What changed.
@@ -87,7 +95,7 @@ pub struct Notice {
     /// Message ids (message kinds) or user ids (member kinds); empty for chat kinds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<i64>,
-    /// The created or updated message, when it fits in the payload; otherwise receivers load it.
+    /// The created or updated message (none for the other kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<Message>,
 }
@@ -123,42 +131,8 @@ impl Notice {
         }
     }
 
-    /// The notification payloads: one per [`MAX_IDS_PER_NOTICE`] ids, each under [`MAX_PAYLOAD_BYTES`]; a
-    /// message that would not fit is left out (receivers load it by id).
-    pub fn payloads(&self) -> Result<Vec<String>, serde_json::Error> {
-        let chunks: Vec<&[i64]> = if self.ids.is_empty() {
-            vec![&[]]
-        } else {
-            self.ids.chunks(MAX_IDS_PER_NOTICE).collect()
-        };
-        let mut out = Vec::with_capacity(chunks.len());
-        for ids in chunks {
-            let mut notice = Self {
-                kind: self.kind,
-                chat_id: self.chat_id,
-                ids: ids.to_vec(),
-                message: self.message.clone(),
-            };
-            let mut payload = serde_json::to_string(&notice)?;
-            if payload.len() > MAX_PAYLOAD_BYTES {
-                notice.message = None;
-                payload = serde_json::to_string(&notice)?;
-            }
-            out.push(payload);
-        }
-        Ok(out)
-    }
-
-    /// Message ids whose message this notice lacks and receivers must load.
-    fn missing_messages(&self) -> &[i64] {
-        match self.kind {
-            LiveKind::MessageCreated | LiveKind::MessageUpdated if self.message.is_none() => &self.ids,
-            _ => &[],
-        }
-    }
-
-    /// The events to deliver; `loaded` holds the messages this notice lacked (one deleted since is skipped).
-    pub fn into_events(self, loaded: &HashMap<i64, Message>) -> Vec<LiveEvent> {
+    /// The events to deliver.
+    pub fn into_events(self) -> Vec<LiveEvent> {
         let Self {
             kind,
             chat_id,
@@ -183,7 +157,7 @@ impl Notice {
                 .collect(),
             LiveKind::MessageCreated | LiveKind::MessageUpdated => ids
                 .iter()
-                .filter_map(|id| message.as_ref().filter(|m| m.id == *id).or_else(|| loaded.get(id)))
+                .filter_map(|id| message.as_ref().filter(|m| m.id == *id))
                 .filter(|m| m.chat_id == chat_id)
                 .map(|m| {
                     let data = with(base.clone(), "message_id", m.id.into());
@@ -199,17 +173,11 @@ impl Notice {
     }
 }
 
-/// Notifies every instance of `notice` when the transaction on `conn` commits (and never if it rolls back).
+/// Tells every instance of `notice` when the transaction on `conn` commits (and never if it rolls back). Call
+/// [`LiveHub::committed`] once it has.
 pub async fn notify(conn: &mut PgConnection, notice: &Notice) -> Result<(), sqlx::Error> {
-    let payloads = notice.payloads().map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    for payload in payloads {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    let notice = serde_json::to_string(notice).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    journal::append(conn, &notice).await
 }
 
 /// One change as delivered to subscribers.
@@ -230,7 +198,7 @@ pub struct LiveEvent {
 enum Broadcast {
     /// A change.
     Event(Arc<LiveEvent>),
-    /// Changes may have been missed (the `LISTEN` connection was lost, or a message could not be loaded).
+    /// Changes may have been missed (the journal could not be read for a while, or a read overflowed).
     Resync,
 }
 
@@ -281,15 +249,19 @@ impl Membership {
 /// Fans committed chat changes out to the connected clients of this instance.
 #[derive(Clone)]
 pub struct LiveHub {
-    /// Shared by every clone: the handlers' (subscribe) and the listener task's (broadcast).
+    /// Shared by every clone: the handlers' (subscribe, committed) and the reader task's (broadcast).
     inner: Arc<Inner>,
 }
 
 struct Inner {
     /// Every change, to every subscriber of this instance (bounded: laggards lose the oldest).
     events: broadcast::Sender<Broadcast>,
-    /// Whether `LISTEN` is active, so subscribers announce `ready` only when no change can slip by.
-    listening: watch::Sender<bool>,
+    /// Whether the hub holds a journal cursor, so subscribers announce `ready` only when no change can slip by.
+    following: watch::Sender<bool>,
+    /// Woken by this instance's handlers once a change committed.
+    committed: Notify,
+    /// This hub's payload on [`WAKE_CHANNEL`], so that it ignores its own wake-ups.
+    name: String,
     /// Cancelled when [`LiveHub::run`] returns, which ends every stream (graceful shutdown waits for them).
     stopped: CancellationToken,
     /// Permits for open streams.
@@ -309,7 +281,9 @@ impl LiveHub {
         Self {
             inner: Arc::new(Inner {
                 events,
-                listening: watch::Sender::new(false),
+                following: watch::Sender::new(false),
+                committed: Notify::new(),
+                name: uuid::Uuid::new_v4().to_string(),
                 stopped: CancellationToken::new(),
                 subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
             }),
@@ -321,7 +295,7 @@ impl LiveHub {
         let permit = self.inner.subscribers.clone().try_acquire_owned().ok()?;
         Some(Subscription {
             receiver: self.inner.events.subscribe(),
-            listening: self.inner.listening.subscribe(),
+            following: self.inner.following.subscribe(),
             pool,
             user_id,
             membership: None,
@@ -334,87 +308,143 @@ impl LiveHub {
         self.inner.stopped.clone().cancelled_owned()
     }
 
-    /// Listens for changes committed by any instance until `shutdown` is cancelled.
+    /// Wakes the hub to read the journal: call it once a transaction that called [`notify`] has committed.
+    /// Without it the change still arrives, within [`POLL_INTERVAL`].
+    pub fn committed(&self) {
+        self.inner.committed.notify_one();
+    }
+
+    /// Reads the changes committed by any instance until `shutdown` is cancelled.
     pub async fn run(self, pool: PgPool, shutdown: CancellationToken) {
+        let mut cursor: Option<journal::Cursor> = None;
+        let mut pruner = journal::Pruner::default();
+        let mut listener: Option<PgListener> = None;
+        let mut listen_again_at = tokio::time::Instant::now();
         let mut failures = 0u32;
-        let mut listened_before = false;
-        'connect: while !shutdown.is_cancelled() {
-            let connected = tokio::select! {
-                _ = shutdown.cancelled() => break 'connect,
-                connected = listen(&pool) => connected,
-            };
-            match connected {
-                Ok(mut listener) => {
+        let mut woken_here = false;
+        while !shutdown.is_cancelled() {
+            match self.round(&pool, &mut cursor, &mut pruner).await {
+                Ok(read) => {
+                    if failures > 0 {
+                        tracing::info!("live updates reading the journal again");
+                    }
                     failures = 0;
-                    self.inner.listening.send_replace(true);
-                    if listened_before {
-                        // Notifications sent while we were not listening are gone.
-                        self.resync();
+                    if read > 0 && woken_here {
+                        self.wake_others(&pool).await;
                     }
-                    listened_before = true;
-                    tracing::info!(channel = CHANNEL, "live updates listening");
-                    loop {
-                        let received = tokio::select! {
-                            _ = shutdown.cancelled() => break 'connect,
-                            received = listener.try_recv() => received,
-                        };
-                        match received {
-                            Ok(Some(notification)) => self.dispatch(&pool, notification.payload()).await,
-                            Ok(None) => {
-                                // sqlx has connected and listened again already; what was sent meanwhile is gone.
-                                tracing::warn!("live updates connection lost and re-established");
-                                self.resync();
-                            }
-                            Err(err) => {
-                                tracing::warn!(error = %crate::error_chain(&err), "live updates connection failed");
-                                break;
-                            }
-                        }
-                    }
-                    self.inner.listening.send_replace(false);
                 }
                 Err(err) => {
-                    tracing::warn!(error = %crate::error_chain(&err), "live updates cannot listen");
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %crate::error_chain(&err), "live updates cannot read the journal");
                 }
             }
-            failures = failures.saturating_add(1);
+            if listener.is_none() && failures == 0 && tokio::time::Instant::now() >= listen_again_at {
+                listener = listen(&pool).await;
+                listen_again_at = tokio::time::Instant::now() + POLL_INTERVAL;
+            }
+            woken_here = false;
+            let wait = if failures == 0 {
+                POLL_INTERVAL
+            } else {
+                backoff(failures)
+            };
             tokio::select! {
-                _ = shutdown.cancelled() => break 'connect,
-                _ = tokio::time::sleep(backoff(failures)) => {}
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+                () = self.inner.committed.notified(), if failures == 0 => {
+                    // The changes committing alongside join this read; their own wake-ups are stored as one
+                    // permit, so at most one nearly empty read follows.
+                    woken_here = true;
+                    tokio::time::sleep(COALESCE).await;
+                }
+                woken = wake(&mut listener, &self.inner.name), if failures == 0 => {
+                    if !woken {
+                        listener = None;
+                    }
+                }
             }
         }
-        self.inner.listening.send_replace(false);
+        self.inner.following.send_replace(false);
         self.inner.stopped.cancel();
         tracing::info!("live updates stopped");
     }
 
-    /// Parses a notification, loads what it lacks, and broadcasts its events.
-    async fn dispatch(&self, pool: &PgPool, payload: &str) {
+    /// One read of the journal: from a new cursor when there is none or it went stale (subscribers resync
+    /// then), broadcasting what was committed since. Returns how many notices were read.
+    async fn round(
+        &self,
+        pool: &PgPool,
+        cursor: &mut Option<journal::Cursor>,
+        pruner: &mut journal::Pruner,
+    ) -> Result<usize, sqlx::Error> {
+        if cursor.as_ref().is_some_and(journal::Cursor::is_stale) {
+            tracing::warn!("live updates fell behind the journal; subscribers resync");
+            *cursor = None;
+            self.inner.following.send_replace(false);
+            self.resync();
+        }
+        let cursor = match cursor {
+            Some(cursor) => cursor,
+            None => {
+                let fresh = cursor.insert(journal::Cursor::now(pool).await?);
+                self.inner.following.send_replace(true);
+                tracing::info!("live updates following the journal");
+                fresh
+            }
+        };
+        let read = match journal::read(pool, cursor, MAX_NOTICES_PER_READ).await? {
+            journal::Read::Notices(notices) => {
+                for notice in &notices {
+                    self.dispatch(notice);
+                }
+                notices.len()
+            }
+            journal::Read::Overflow => {
+                tracing::warn!(
+                    limit = MAX_NOTICES_PER_READ,
+                    "live updates: more changes than one read holds; subscribers resync"
+                );
+                self.resync();
+                MAX_NOTICES_PER_READ
+            }
+        };
+        match pruner.maybe_prune(pool, cursor).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "live updates journal pruned"),
+            // Not fatal: the next prune deletes them.
+            Err(err) => tracing::warn!(error = %crate::error_chain(&err), "live updates journal not pruned"),
+        }
+        Ok(read)
+    }
+
+    /// Parses a notice and broadcasts its events.
+    fn dispatch(&self, notice: &str) {
         if self.inner.events.receiver_count() == 0 {
             return;
         }
-        let notice: Notice = match serde_json::from_str(payload) {
+        let notice: Notice = match serde_json::from_str(notice) {
             Ok(notice) => notice,
             Err(err) => {
-                // Only this service notifies on the channel, so this is a bug, not an attack; say so loudly.
-                tracing::error!(error = %err, "undecodable live update notification ignored");
+                // Only this service writes the journal, so this is a bug, not an attack; say so loudly.
+                tracing::error!(error = %err, "undecodable live update notice ignored");
                 return;
             }
         };
-        let mut loaded = HashMap::new();
-        if !notice.missing_messages().is_empty() {
-            match load_messages(pool, notice.missing_messages()).await {
-                Ok(messages) => loaded.extend(messages.into_iter().map(|m| (m.id, m))),
-                Err(err) => {
-                    tracing::warn!(error = %crate::error_chain(&err), "could not load a notified message");
-                    self.resync();
-                    return;
-                }
-            }
-        }
-        for event in notice.into_events(&loaded) {
+        for event in notice.into_events() {
             // Err means nobody is subscribed any more: nothing to do.
             let _ = self.inner.events.send(Broadcast::Event(Arc::new(event)));
+        }
+    }
+
+    /// Tells the other instances' hubs to read now rather than at their next [`POLL_INTERVAL`].
+    async fn wake_others(&self, pool: &PgPool) {
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(&self.inner.name)
+            .execute(pool)
+            .await;
+        if let Err(err) = sent {
+            tracing::debug!(error = %crate::error_chain(&err), "live updates wake-up not sent; others poll");
         }
     }
 
@@ -423,18 +453,43 @@ impl LiveHub {
     }
 }
 
-async fn listen(pool: &PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let listening = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match listening.await {
+        Ok(listener) => Some(listener),
+        Err(err) => {
+            tracing::warn!(error = %crate::error_chain(&err), "live updates cannot listen for wake-ups; polling");
+            None
+        }
+    }
 }
 
-async fn load_messages(pool: &PgPool, ids: &[i64]) -> Result<Vec<Message>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    store::messages_by_ids(&mut conn, ids).await
+/// Waits for another hub's wake-up, then for the wake-ups following it; false when the listener failed (the
+/// hub polls until it listens again).
+async fn wake(listener: &mut Option<PgListener>, own: &str) -> bool {
+    let Some(l) = listener else {
+        return std::future::pending().await;
+    };
+    loop {
+        match l.try_recv().await {
+            Ok(Some(notification)) if notification.payload() == own => continue,
+            Ok(Some(_)) => break,
+            // The connection was lost and is re-established by the next call: wake-ups sent meanwhile are
+            // gone, so read now.
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
+    tokio::time::sleep(COALESCE).await;
+    while l.next_buffered().is_some() {}
+    true
 }
 
-/// Wait before the `failures`-th attempt to listen again: doubling from 100 ms, capped at [`MAX_BACKOFF`],
+/// Wait before the `failures`-th attempt to read the journal again: doubling from 100 ms, capped at [`MAX_BACKOFF`],
 /// with up to 50% jitter so instances do not reconnect in lockstep.
 pub fn backoff(failures: u32) -> Duration {
     let base = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(16))).min(MAX_BACKOFF);
@@ -453,7 +508,7 @@ pub enum Delivery {
     Event(Arc<LiveEvent>),
     /// Changes may have been missed; the client should refetch what it shows.
     Resync {
-        /// Events this subscriber lost by falling behind (0 when the hub lost its connection).
+        /// Events this subscriber lost by falling behind (0 when the hub fell behind the journal).
         missed: u64,
     },
 }
@@ -462,13 +517,13 @@ pub enum Delivery {
 pub struct Subscription {
     /// The hub's broadcast, subscribed before the membership is loaded so no change can fall in between.
     receiver: broadcast::Receiver<Broadcast>,
-    /// Whether the hub listens.
-    listening: watch::Receiver<bool>,
+    /// Whether the hub follows the journal.
+    following: watch::Receiver<bool>,
     /// To load the membership.
     pool: PgPool,
     /// The subscriber.
     user_id: i64,
-    /// `None` until loaded, after the hub listens.
+    /// `None` until loaded, once the hub follows the journal.
     membership: Option<Membership>,
     /// Counts this stream against [`MAX_SUBSCRIBERS`] until dropped.
     _permit: OwnedSemaphorePermit,
@@ -479,8 +534,9 @@ impl Subscription {
     /// which case the client reconnects).
     pub async fn next(&mut self) -> Option<Delivery> {
         let Some(membership) = self.membership.as_mut() else {
-            // Load only once the hub listens: a membership change committed before would otherwise be missed.
-            self.listening.wait_for(|listening| *listening).await.ok()?;
+            // Load only once the hub follows the journal: a membership change committed before would otherwise
+            // be missed.
+            self.following.wait_for(|following| *following).await.ok()?;
             let membership = self.load().await?;
             let chats = membership.len();
             self.membership = Some(membership);
@@ -537,50 +593,24 @@ mod tests {
         }
     }
 
-    fn decode(payload: &str) -> Notice {
-        serde_json::from_str(payload).expect("notice")
+    /// A notice as the journal carries it.
+    fn through_journal(notice: &Notice) -> Notice {
+        serde_json::from_str(&serde_json::to_string(notice).expect("encode")).expect("decode")
     }
 
     #[test]
-    fn a_small_message_travels_inside_its_notification() {
-        let m = message(5, 2, "hello");
-        let payloads = Notice::message(LiveKind::MessageCreated, &m)
-            .payloads()
-            .expect("payloads");
-        assert_eq!(payloads.len(), 1);
-        let notice = decode(&payloads[0]);
-        assert_eq!(notice.message.as_ref(), Some(&m));
-        assert!(notice.missing_messages().is_empty());
-    }
-
-    #[test]
-    fn a_message_too_large_for_a_notification_is_left_for_receivers_to_load() {
+    fn a_message_travels_whole_inside_its_notice() {
         let m = message(5, 2, &"€".repeat(4000));
-        let payloads = Notice::message(LiveKind::MessageCreated, &m)
-            .payloads()
-            .expect("payloads");
-        assert!(payloads[0].len() <= MAX_PAYLOAD_BYTES);
-        let notice = decode(&payloads[0]);
-        assert_eq!((notice.message, notice.ids.as_slice()), (None, &[5][..]));
-    }
-
-    #[test]
-    fn many_member_ids_are_split_into_notifications_below_the_limit() {
-        let ids: Vec<i64> = (0..1000).map(|i| i64::MAX - i).collect();
-        let payloads = Notice::members(LiveKind::MemberJoined, 1, &ids)
-            .payloads()
-            .expect("payloads");
-        assert_eq!(payloads.len(), 5);
-        assert!(payloads.iter().all(|p| p.len() < MAX_PAYLOAD_BYTES));
-        let carried: Vec<i64> = payloads.iter().flat_map(|p| decode(p).ids).collect();
-        assert_eq!(carried, ids);
+        let notice = through_journal(&Notice::message(LiveKind::MessageCreated, &m));
+        assert_eq!(notice.message.as_ref(), Some(&m));
+        let deleted = through_journal(&Notice::message(LiveKind::MessageDeleted, &m));
+        assert_eq!((deleted.message, deleted.ids), (None, vec![5]));
     }
 
     #[test]
     fn events_carry_the_kind_chat_and_message_or_user_as_json() {
         let m = message(5, 2, "hi");
-        let events = decode(&Notice::message(LiveKind::MessageCreated, &m).payloads().expect("p")[0])
-            .into_events(&HashMap::new());
+        let events = through_journal(&Notice::message(LiveKind::MessageCreated, &m)).into_events();
         let data: serde_json::Value = serde_json::from_str(&events[0].data).expect("json");
         assert_eq!(data["kind"], "message_created");
         assert_eq!(
@@ -589,7 +619,7 @@ mod tests {
         );
         assert_eq!(data["message"]["content"], "hi");
 
-        let events = Notice::members(LiveKind::MemberLeft, 2, &[8, 9]).into_events(&HashMap::new());
+        let events = Notice::members(LiveKind::MemberLeft, 2, &[8, 9]).into_events();
         assert_eq!(
             events.iter().map(|e| e.user_id).collect::<Vec<_>>(),
             vec![Some(8), Some(9)]
@@ -602,17 +632,14 @@ mod tests {
     }
 
     #[test]
-    fn a_loaded_message_fills_in_and_a_vanished_one_is_skipped() {
+    fn a_message_notice_of_another_chat_or_message_delivers_nothing() {
         let notice = Notice {
             kind: LiveKind::MessageUpdated,
             chat_id: 2,
             ids: vec![5, 6],
-            message: None,
+            message: Some(message(5, 3, "elsewhere")),
         };
-        let loaded = HashMap::from([(5, message(5, 2, "loaded"))]);
-        let events = notice.into_events(&loaded);
-        assert_eq!(events.len(), 1);
-        assert!(events[0].data.contains("loaded"));
+        assert!(notice.into_events().is_empty());
     }
 
     fn event(kind: LiveKind, chat_id: i64, user_id: Option<i64>) -> LiveEvent {
