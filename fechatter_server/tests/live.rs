@@ -371,10 +371,32 @@ async fn an_event_stream_ends_when_its_access_token_expires() {
 
 /// A hub of its own on the test database, as a second instance would run it.
 async fn standalone_hub(app: &TestApp) -> (LiveHub, CancellationToken) {
-    let hub = LiveHub::new();
+    hub_polling_every(app, POLL_INTERVAL).await
+}
+
+/// As [`standalone_hub`], reading the journal unwoken only every `poll_interval`.
+async fn hub_polling_every(app: &TestApp, poll_interval: Duration) -> (LiveHub, CancellationToken) {
+    let hub = LiveHub::polling_every(poll_interval);
     let stop = CancellationToken::new();
     tokio::spawn(hub.clone().run(app.pool.clone(), stop.clone()));
     (hub, stop)
+}
+
+/// `user`'s subscription to a standalone hub, once it is ready.
+async fn ready_subscription(app: &TestApp, user: &User) -> (Subscription, CancellationToken) {
+    let (hub, stop) = standalone_hub(app).await;
+    let mut subscription = hub.subscribe(app.pool.clone(), user.id).expect("subscription");
+    assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
+    (subscription, stop)
+}
+
+/// Writes a `chat_updated` notice of `chat` to the journal directly, as a change's transaction would.
+async fn write_chat_updated(app: &TestApp, chat: i64) {
+    sqlx::query("INSERT INTO live_events (notice) SELECT json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text")
+        .bind(chat)
+        .execute(&app.pool)
+        .await
+        .expect("journal");
 }
 
 async fn next_delivery(subscription: &mut Subscription) -> Delivery {
@@ -411,11 +433,7 @@ async fn a_subscriber_that_falls_behind_loses_the_oldest_events_and_is_told_to_r
     .execute(&app.pool)
     .await
     .expect("journal");
-    sqlx::query("INSERT INTO live_events (notice) SELECT json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text")
-        .bind(quiet)
-        .execute(&app.pool)
-        .await
-        .expect("journal");
+    write_chat_updated(&app, quiet).await;
     hub.committed();
     // Once Bob's subscriber sees its chat's change, the hub has broadcast everything.
     loop {
@@ -446,9 +464,7 @@ async fn a_lost_wake_up_connection_loses_nothing() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Team", &[]).await;
-    let (hub, stop) = standalone_hub(&app).await;
-    let mut subscription = hub.subscribe(app.pool.clone(), ada.id).expect("subscription");
-    assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
+    let (mut subscription, stop) = ready_subscription(&app, &ada).await;
     // The hub listens once it has read the journal: wait for its LISTEN connection.
     let mut killed: Vec<bool> = Vec::new();
     for _ in 0..100 {
@@ -484,17 +500,12 @@ async fn a_change_nobody_woke_the_hub_for_arrives_within_the_poll_interval() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Team", &[]).await;
-    let (hub, stop) = standalone_hub(&app).await;
-    let mut subscription = hub.subscribe(app.pool.clone(), ada.id).expect("subscription");
-    assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
+    let (mut subscription, stop) = ready_subscription(&app, &ada).await;
 
-    // As left by an instance that crashed between its commit and waking anyone.
+    // As left by an instance that crashed between its commit and waking anyone (nobody calls `committed`,
+    // nobody notifies).
     let written = std::time::Instant::now();
-    sqlx::query("INSERT INTO live_events (notice) SELECT json_build_object('kind', 'chat_updated', 'chat_id', $1::bigint)::text")
-        .bind(chat)
-        .execute(&app.pool)
-        .await
-        .expect("journal");
+    write_chat_updated(&app, chat).await;
 
     match next_delivery(&mut subscription).await {
         Delivery::Event(event) => assert_eq!((event.kind, event.chat_id), (LiveKind::ChatUpdated, chat)),
@@ -503,6 +514,42 @@ async fn a_change_nobody_woke_the_hub_for_arrives_within_the_poll_interval() {
     let waited = written.elapsed();
     assert!(waited < POLL_INTERVAL * 3, "arrived after {waited:?}");
     stop.cancel();
+}
+
+#[tokio::test]
+async fn a_hub_that_reads_its_own_instances_change_wakes_the_other_instances_hubs() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    // Neither hub reads unwoken within the test: only the wake-up can bring the change across.
+    let (writer, stop_writer) = hub_polling_every(&app, Duration::from_secs(3600)).await;
+    let (reader, stop_reader) = hub_polling_every(&app, Duration::from_secs(3600)).await;
+    let mut subscription = reader.subscribe(app.pool.clone(), ada.id).expect("subscription");
+    assert!(matches!(next_delivery(&mut subscription).await, Delivery::Ready { .. }));
+    // Hubs listen for wake-ups once they have read the journal once; the test app's own hub is the third.
+    let listeners = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN \"chat_events\"%'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("pg_stat_activity")
+    };
+    for _ in 0..100 {
+        if listeners().await >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(listeners().await >= 3, "every hub listens");
+
+    write_chat_updated(&app, chat).await;
+    writer.committed();
+
+    match next_delivery(&mut subscription).await {
+        Delivery::Event(event) => assert_eq!((event.kind, event.chat_id), (LiveKind::ChatUpdated, chat)),
+        other => panic!("expected the change, got {other:?}"),
+    }
+    stop_writer.cancel();
+    stop_reader.cancel();
 }
 
 #[tokio::test]

@@ -262,6 +262,8 @@ struct Inner {
     committed: Notify,
     /// This hub's payload on [`WAKE_CHANNEL`], so that it ignores its own wake-ups.
     name: String,
+    /// Longest time between two reads ([`POLL_INTERVAL`] but in tests).
+    poll_interval: Duration,
     /// Cancelled when [`LiveHub::run`] returns, which ends every stream (graceful shutdown waits for them).
     stopped: CancellationToken,
     /// Permits for open streams.
@@ -277,6 +279,11 @@ impl Default for LiveHub {
 impl LiveHub {
     /// An empty hub.
     pub fn new() -> Self {
+        Self::polling_every(POLL_INTERVAL)
+    }
+
+    /// An empty hub that reads the journal at least every `poll_interval`.
+    pub fn polling_every(poll_interval: Duration) -> Self {
         let (events, _) = broadcast::channel(BUFFER_EVENTS);
         Self {
             inner: Arc::new(Inner {
@@ -284,6 +291,7 @@ impl LiveHub {
                 following: watch::Sender::new(false),
                 committed: Notify::new(),
                 name: uuid::Uuid::new_v4().to_string(),
+                poll_interval,
                 stopped: CancellationToken::new(),
                 subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
             }),
@@ -340,11 +348,11 @@ impl LiveHub {
             }
             if listener.is_none() && failures == 0 && tokio::time::Instant::now() >= listen_again_at {
                 listener = listen(&pool).await;
-                listen_again_at = tokio::time::Instant::now() + POLL_INTERVAL;
+                listen_again_at = tokio::time::Instant::now() + self.inner.poll_interval.min(POLL_INTERVAL);
             }
             woken_here = false;
             let wait = if failures == 0 {
-                POLL_INTERVAL
+                self.inner.poll_interval
             } else {
                 backoff(failures)
             };
