@@ -563,16 +563,16 @@ async fn a_journal_read_returns_each_change_once_even_when_an_older_transaction_
 
     // `early` takes its transaction id first but commits last.
     let mut early = app.pool.begin().await.expect("begin");
-    journal::append(&mut *early, "early").await.expect("append");
+    journal::append(&mut early, "early").await.expect("append");
     let mut late = app.pool.begin().await.expect("begin");
-    journal::append(&mut *late, "late").await.expect("append");
+    journal::append(&mut late, "late").await.expect("append");
     late.commit().await.expect("commit");
 
     let first = notices(journal::read(&app.pool, &mut cursor, 100).await.expect("read"));
     assert_eq!(first, ["late"], "only committed changes are read");
     early.commit().await.expect("commit");
     let mut rolled_back = app.pool.begin().await.expect("begin");
-    journal::append(&mut *rolled_back, "rolled back").await.expect("append");
+    journal::append(&mut rolled_back, "rolled back").await.expect("append");
     rolled_back.rollback().await.expect("rollback");
     let second = notices(journal::read(&app.pool, &mut cursor, 100).await.expect("read"));
     assert_eq!(
@@ -585,7 +585,7 @@ async fn a_journal_read_returns_each_change_once_even_when_an_older_transaction_
 
     for i in 0..3 {
         let mut tx = app.pool.begin().await.expect("begin");
-        journal::append(&mut *tx, &format!("burst {i}")).await.expect("append");
+        journal::append(&mut tx, &format!("burst {i}")).await.expect("append");
         tx.commit().await.expect("commit");
     }
     assert!(
