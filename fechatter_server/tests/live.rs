@@ -4,8 +4,8 @@
 //! whole, a second server instance on the same database delivers what the first one committed, and shutting
 //! down ends open streams instead of hanging. The hub and its journal are also driven directly: a read returns
 //! a change exactly once, even when its transaction commits after a later one; a change nobody woke the hub for
-//! still arrives; a subscriber that falls behind is told to resync rather than buffered without bound; and a
-//! lost wake-up connection loses nothing.
+//! still arrives; a subscriber that falls behind is told to resync rather than buffered without bound; and
+//! neither a lost wake-up connection nor a PostgreSQL restart loses a change.
 
 mod common;
 
@@ -484,6 +484,30 @@ async fn a_lost_wake_up_connection_loses_nothing() {
     // Sent through the test app's own hub: this standalone one hears of it only by its wake-up channel,
     // re-established, or by polling.
     let id = app.send_message(&ada, chat, "after the reconnect").await;
+
+    match next_delivery(&mut subscription).await {
+        Delivery::Event(event) => {
+            let data: Value = serde_json::from_str(&event.data).expect("json");
+            assert_eq!(data["message_id"].as_i64(), Some(id));
+        }
+        other => panic!("expected the message, no resync: got {other:?}"),
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_database_restart_loses_no_change() {
+    let mut app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    let (mut subscription, stop) = ready_subscription(&app, &ada).await;
+
+    // A clean stop: the tests' PostgreSQL runs without durability, so a crash would lose its last commits.
+    app.postgres.stop().await;
+    // Long enough for the hub to fail a few reads and back off.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.postgres.restart().await.expect("PostgreSQL restarts");
+    let id = app.send_message(&ada, chat, "after the crash").await;
 
     match next_delivery(&mut subscription).await {
         Delivery::Event(event) => {
