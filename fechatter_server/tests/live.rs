@@ -577,6 +577,46 @@ async fn a_hub_that_reads_its_own_instances_change_wakes_the_other_instances_hub
 }
 
 #[tokio::test]
+async fn the_journal_keeps_a_row_for_a_retention_period_after_its_transaction_finished() {
+    let app = TestApp::start(&[]).await;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM live_events")
+            .fetch_one(&app.pool)
+            .await
+            .expect("count")
+    };
+    let retain = Duration::from_millis(300);
+    let mut pruner = journal::Pruner::retaining(retain);
+    let mut cursor = journal::Cursor::now(&app.pool).await.expect("cursor");
+    let before = rows().await;
+    write_chat_updated(&app, 1).await;
+    journal::read(&app.pool, &mut cursor, 100).await.expect("read");
+    assert_eq!(
+        pruner.maybe_prune(&app.pool, &cursor).await.expect("prune"),
+        0,
+        "the first call marks"
+    );
+
+    // A retention period after the mark, the rows that had finished before it go; a later one stays.
+    write_chat_updated(&app, 2).await;
+    journal::read(&app.pool, &mut cursor, 100).await.expect("read");
+    assert_eq!(
+        pruner.maybe_prune(&app.pool, &cursor).await.expect("prune"),
+        0,
+        "not yet due"
+    );
+    tokio::time::sleep(retain).await;
+    journal::read(&app.pool, &mut cursor, 100).await.expect("read");
+    let deleted = pruner.maybe_prune(&app.pool, &cursor).await.expect("prune");
+    assert_eq!(
+        deleted,
+        u64::try_from(before + 1).expect("small"),
+        "rows up to the first mark"
+    );
+    assert_eq!(rows().await, 1, "the row written after the mark is kept");
+}
+
+#[tokio::test]
 async fn a_journal_read_returns_each_change_once_even_when_an_older_transaction_commits_later() {
     let app = TestApp::start(&[]).await;
     let mut cursor = journal::Cursor::now(&app.pool).await.expect("cursor");

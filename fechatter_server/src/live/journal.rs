@@ -98,22 +98,35 @@ pub async fn read(pool: &PgPool, cursor: &mut Cursor, limit: usize) -> Result<Re
     })
 }
 
-/// Deletes the journal's old rows, one [`RETAIN`] at a time: at each call, the rows of transactions that had
-/// finished before the previous call's cursor, once that is [`RETAIN`] old.
-#[derive(Debug, Default)]
+/// Deletes the journal's old rows, one retention period at a time: the rows of transactions that had finished
+/// before the cursor of the previous prune, once that cursor is a period old.
+#[derive(Debug)]
 pub struct Pruner {
     /// The cursor at the previous prune (or first call), whose `xmin` is the next cut-off.
     mark: Option<Cursor>,
+    /// The retention period ([`RETAIN`] but in tests).
+    retain: Duration,
+}
+
+impl Default for Pruner {
+    fn default() -> Self {
+        Self::retaining(RETAIN)
+    }
 }
 
 impl Pruner {
+    /// A pruner that keeps rows for `retain` after their transaction finished.
+    pub fn retaining(retain: Duration) -> Self {
+        Self { mark: None, retain }
+    }
+
     /// Prunes when due, given the reader's current `cursor`; returns the rows deleted.
     pub async fn maybe_prune(&mut self, pool: &PgPool, cursor: &Cursor) -> Result<u64, sqlx::Error> {
         let Some(mark) = &self.mark else {
             self.mark = Some(cursor.clone());
             return Ok(0);
         };
-        if mark.read_at.elapsed() < RETAIN {
+        if mark.read_at.elapsed() < self.retain {
             return Ok(0);
         }
         // Several instances may prune at once: they delete the same rows, the later ones find them gone.
