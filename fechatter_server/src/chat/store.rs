@@ -248,9 +248,9 @@ pub enum Sent {
 ///
 /// The notice is the JSON [`crate::live::Notice`] reads: `kind`, `chat_id`, `ids` and the message.
 ///
-/// The statement writes nothing but the message, its event and its notice: no row that every send to a chat
-/// shares, and no `NOTIFY`. The chat's last activity is read from its newest message (see `chat_columns!`)
-/// instead of being stored on the chat's row, which every send to a busy chat would update and wait for; and
+/// The statement writes nothing but the message, its event and its notice. No row that every send to a chat
+/// shares: the chat's last activity is read from its newest message (see `chat_columns!`) instead of being
+/// stored on the chat's row, which every send to a busy chat would update and wait for. And no `NOTIFY`:
 /// PostgreSQL serializes the commits of notifying transactions, disk flush included (see `live::journal`).
 /// `benches/send_statement/run.sh` measures this statement and its parts with pgbench (its `parts/` are this
 /// statement; keep them alike).

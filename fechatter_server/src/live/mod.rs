@@ -334,7 +334,12 @@ impl LiveHub {
         let mut failures = 0u32;
         let mut woken_here = false;
         while !shutdown.is_cancelled() {
-            match self.round(&pool, &mut cursor, &mut pruner).await {
+            // Cancelling a round is safe: the cursor moves only once a read returned.
+            let round = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                round = self.round(&pool, &mut cursor, &mut pruner) => round,
+            };
+            match round {
                 Ok(read) => {
                     if failures > 0 {
                         tracing::info!("live updates reading the journal again");
