@@ -118,7 +118,9 @@ impl Application {
             tracing::info!(url = %messaging.nats_url, "connected to NATS");
             if messaging.jetstream_enabled {
                 let js = async_nats::jetstream::new(client.clone());
-                consumer = Some(ensure_all(&js, &settings).await?);
+                // Retried like the connections: instances starting together race to create the streams and the
+                // consumer, and JetStream may still be electing its leader right after NATS started.
+                consumer = Some(with_startup_retries("JetStream set-up", || ensure_all(&js, &settings)).await?);
                 jetstream = Some(js);
             }
             nats = Some(client);

@@ -107,15 +107,17 @@ impl Stack {
         let child = ChildProcess::spawn(env!("CARGO_BIN_EXE_analytics_server"), Vec::<String>::new(), vars)
             .expect("spawn analytics_server");
         let http = reqwest::Client::new();
-        wait_until("analytics_server /health", Duration::from_secs(60), || {
+        let answered = wait_until("analytics_server /health", Duration::from_secs(60), || {
             let http = http.clone();
             async move {
                 let r = http.get(format!("http://127.0.0.1:{port}/health")).send().await.ok()?;
                 r.status().is_success().then_some(())
             }
         })
-        .await
-        .expect("analytics_server answers");
+        .await;
+        if let Err(err) = answered {
+            panic!("analytics_server answers: {err:#}\nits log:\n{}", child.log_contents());
+        }
         (child, port)
     }
 
