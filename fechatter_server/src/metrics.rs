@@ -40,6 +40,8 @@ pub struct Metrics {
     pub publish_failures: Counter,
     /// Rows waiting in the outbox, read at scrape time.
     pub outbox_depth: Gauge,
+    /// Messages written per send statement (see `chat::send_queue`).
+    pub send_batch_size: Histogram,
 }
 
 impl Default for Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
             events_published: Counter::default(),
             publish_failures: Counter::default(),
             outbox_depth: Gauge::default(),
+            send_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             registry: Registry::default(),
         };
         registry.register(
@@ -93,6 +96,11 @@ impl Metrics {
             "analytics_outbox_depth",
             "Analytics events waiting in the outbox",
             m.outbox_depth.clone(),
+        );
+        registry.register(
+            "message_send_batch_size",
+            "Messages written together by one send statement",
+            m.send_batch_size.clone(),
         );
         Self { registry, ..m }
     }

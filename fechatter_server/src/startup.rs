@@ -5,6 +5,7 @@
 use crate::analytics::outbox::{self, RelaySettings};
 use crate::analytics::{Analytics, AnalyticsPublisher, PublisherSettings};
 use crate::auth::JwtKeys;
+use crate::chat::send_queue::SendQueue;
 use crate::config::Settings;
 use crate::http;
 use crate::live::LiveHub;
@@ -84,6 +85,7 @@ impl Application {
             auth_limiter: Arc::new(RateLimiter::per_minute(settings.server.auth_rate_limit_per_minute)),
             analytics: Analytics::new(enabled, metrics.clone()),
             live: LiveHub::new(),
+            sends: SendQueue::start(pool.clone(), metrics.clone()),
             settings,
             pool,
             keys,

@@ -2,6 +2,7 @@
 
 use crate::analytics::Analytics;
 use crate::auth::JwtKeys;
+use crate::chat::send_queue::SendQueue;
 use crate::config::Settings;
 use crate::live::LiveHub;
 use crate::metrics::Metrics;
@@ -16,6 +17,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// PostgreSQL pool.
     pub pool: PgPool,
+    /// Message sends, written in groups.
+    pub sends: SendQueue,
     /// Token keys.
     pub keys: JwtKeys,
     /// Analytics events, written to the outbox.

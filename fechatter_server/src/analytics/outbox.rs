@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub const CHANNEL: &str = "analytics_outbox";
 
 /// An outbox row, encoded before it is written: statements that write it themselves (the message send, see
-/// `chat::store::send_message`) bind these fields.
+/// `chat::store::send_messages`) bind these fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     /// The event's id, JetStream's dedup key.

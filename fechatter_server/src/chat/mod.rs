@@ -5,9 +5,11 @@
 //! - [`policy`]: who may see and change a chat; outsiders get 404, never a hint that the chat exists.
 //! - [`validate`]: input rules and the analytics facts derived from input; pure, unit-tested.
 //! - [`store`]: the SQL, each function taking the connection or transaction it runs on.
+//! - [`send_queue`]: group commit of message sends (the sends that arrive together share one statement).
 
 pub mod model;
 pub mod policy;
+pub mod send_queue;
 pub mod store;
 pub mod validate;
 

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, Row as _};
 /// Columns of [`Chat`], selected from `chats c`. `last_activity_at` is the newest message's time (one probe of
 /// `messages_chat_id_idx`), or the chat's creation when it has none: derived rather than stored, because storing
 /// it meant every send updating its chat's row, one row that all sends to a busy chat contend for (see
-/// [`send_message`]).
+/// [`send_messages`]).
 ///
 /// Macros rather than constants so that statements are `concat!`-ed into `&'static str` at compile time: no SQL
 /// is ever assembled at run time.
@@ -187,19 +187,21 @@ pub async fn chat_ids_of(conn: &mut PgConnection, user_id: i64) -> Result<Vec<i6
         .await
 }
 
-/// A new message to store.
-#[derive(Debug, Clone, Copy)]
-pub struct NewMessage<'a> {
+/// A new message to store, with what its send writes beside it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Author.
+    pub sender: AuthUser,
     /// Chat it is sent to.
     pub chat_id: i64,
-    /// Author.
-    pub sender_id: i64,
     /// Text.
-    pub content: &'a str,
+    pub content: String,
     /// Attached file references.
-    pub files: &'a [String],
+    pub files: Vec<String>,
     /// The client's idempotency key, if any.
-    pub idempotency_key: Option<&'a str>,
+    pub idempotency_key: Option<String>,
+    /// Its `message_sent` analytics event, when analytics is on.
+    pub event: Option<OutboxRow>,
 }
 
 /// The message `sender_id` sent to `chat_id` with idempotency key `key`.
@@ -221,7 +223,7 @@ pub async fn message_by_key(
     .await
 }
 
-/// What [`send_message`] did.
+/// What [`send_messages`] did with one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {
     /// The message was stored, with its event (when one was given) and its live-update notice.
@@ -239,66 +241,113 @@ pub enum Sent {
     NotMember,
 }
 
-/// Sends `new` from `sender` in one statement, so one round trip and, run on its own, one atomic transaction:
-/// checks that the sender is a member of the chat in their workspace, stores the message (nothing on an
-/// idempotency-key conflict), and only when it was stored writes `event` to the outbox (when given) and the
-/// live-update notice to the journal (`live::journal`). So the message, its event and its notice exist together
-/// or not at all, once per new message. The caller wakes the outbox relay and the live hub once the statement
-/// returned.
+/// Sends `messages` in one statement, so one round trip and, run on its own, one atomic transaction (the
+/// send queue, `chat::send_queue`, hands it the sends that arrive together). For each message it checks that
+/// the sender is a member of the chat in their workspace, stores the message (nothing on an idempotency-key
+/// conflict), and only when it was stored writes its event to the outbox (when given) and its live-update
+/// notice to the journal (`live::journal`). So a message, its event and its notice exist together or not at
+/// all, once per new message. Returns what was done with each message, in order. The caller wakes the outbox
+/// relay and the live hub once the statement returned.
 ///
-/// The notice is the JSON [`crate::live::Notice`] reads: `kind`, `chat_id`, `ids` and the message.
+/// Message ids are drawn from the sequence in the order of `messages`, before the insert, so that each answer
+/// row can be matched to its message; the rows are inserted in idempotency-key order so that two concurrent
+/// statements holding the same keys wait for each other instead of deadlocking. The notice is the JSON
+/// [`crate::live::Notice`] reads: `kind`, `chat_id`, `ids` and the message.
 ///
-/// The statement writes nothing but the message, its event and its notice. No row that every send to a chat
-/// shares: the chat's last activity is read from its newest message (see `chat_columns!`) instead of being
+/// The statement writes nothing but the messages, their events and their notices. No row that every send to a
+/// chat shares: the chat's last activity is read from its newest message (see `chat_columns!`) instead of being
 /// stored on the chat's row, which every send to a busy chat would update and wait for. And no `NOTIFY`:
 /// PostgreSQL serializes the commits of notifying transactions, disk flush included (see `live::journal`).
 /// `benches/send_statement/run.sh` measures this statement and its parts with pgbench (its `parts/` are this
 /// statement; keep them alike).
-pub async fn send_message(
-    conn: &mut PgConnection,
-    sender: AuthUser,
-    new: NewMessage<'_>,
-    event: Option<&OutboxRow>,
-) -> Result<Sent, sqlx::Error> {
-    // The data-modifying parts run whether read or not; the final SELECT counts their rows to report them.
-    let row = sqlx::query(concat!(
-        "WITH member AS ( \
-             SELECT c.id FROM chats c WHERE c.id = $1 AND c.workspace_id = $3 \
-             AND EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = $2)), \
+pub async fn send_messages(conn: &mut PgConnection, messages: &[NewMessage]) -> Result<Vec<Sent>, sqlx::Error> {
+    let column = |f: &dyn Fn(&NewMessage) -> i64| messages.iter().map(f).collect::<Vec<i64>>();
+    let files = messages
+        .iter()
+        .map(|m| serde_json::to_string(&m.files))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| sqlx::Error::Encode(err.into()))?;
+    // The data-modifying parts run whether read or not; the final SELECT reports, per message, what they did.
+    let rows = sqlx::query(concat!(
+        "WITH input AS MATERIALIZED ( \
+             SELECT i.*, CASE WHEN EXISTS ( \
+                     SELECT 1 FROM chats c WHERE c.id = i.chat_id AND c.workspace_id = i.workspace_id \
+                     AND EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = i.sender_id)) \
+                 THEN nextval('messages_id_seq') END AS id \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                 $7::uuid[], $8::text[], $9::bytea[]) WITH ORDINALITY \
+                 AS i (chat_id, sender_id, workspace_id, content, files, idempotency_key, event_id, subject, \
+                     payload, ord)), \
          ins AS ( \
-             INSERT INTO messages (chat_id, sender_id, content, files, idempotency_key) \
-             SELECT id, $2, $4, $5, $6 FROM member \
+             INSERT INTO messages (id, chat_id, sender_id, content, files, idempotency_key) \
+             SELECT id, chat_id, sender_id, content, ARRAY(SELECT json_array_elements_text(files::json)), \
+                 idempotency_key \
+             FROM input WHERE id IS NOT NULL ORDER BY chat_id, sender_id, idempotency_key \
              ON CONFLICT (chat_id, sender_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING ",
         message_columns!(),
         "), \
          event AS ( \
              INSERT INTO analytics_outbox (event_id, subject, payload) \
-             SELECT $7, $8, $9 FROM ins WHERE $9::bytea IS NOT NULL RETURNING id), \
+             SELECT input.event_id, input.subject, input.payload FROM ins JOIN input ON input.id = ins.id \
+             WHERE input.payload IS NOT NULL ORDER BY ins.id RETURNING event_id), \
          live_notice AS ( \
              INSERT INTO live_events (notice) \
              SELECT json_build_object('kind', $10::text, 'chat_id', ins.chat_id, 'ids', json_build_array(ins.id), \
                  'message', json_build_object('id', ins.id, 'chat_id', ins.chat_id, 'sender_id', ins.sender_id, \
                      'content', ins.content, 'files', ins.files, 'created_at', ins.created_at, \
                      'edited_at', ins.edited_at))::text \
-             FROM ins RETURNING id) \
-         SELECT EXISTS (SELECT 1 FROM member) AS is_member, \
-             (SELECT count(*) FROM event) AS events, (SELECT count(*) FROM live_notice) AS notices, \
-             ins.* \
-         FROM (SELECT) AS one LEFT JOIN ins ON true"
+             FROM ins ORDER BY ins.id RETURNING id) \
+         SELECT input.id IS NOT NULL AS is_member, \
+             EXISTS (SELECT 1 FROM event WHERE event.event_id = input.event_id) AS event_written, \
+             ins.id, ins.chat_id, ins.sender_id, ins.content, ins.files, ins.created_at, ins.edited_at \
+         FROM input LEFT JOIN ins ON ins.id = input.id \
+         ORDER BY input.ord"
     ))
-    .bind(new.chat_id)
-    .bind(sender.user_id)
-    .bind(sender.workspace_id)
-    .bind(new.content)
-    .bind(new.files)
-    .bind(new.idempotency_key)
-    .bind(event.map(|e| e.event_id))
-    .bind(event.map(|e| e.subject.as_str()))
-    .bind(event.map(|e| e.payload.as_slice()))
+    .bind(column(&|m| m.chat_id))
+    .bind(column(&|m| m.sender.user_id))
+    .bind(column(&|m| m.sender.workspace_id))
+    .bind(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>())
+    .bind(files)
+    .bind(
+        messages
+            .iter()
+            .map(|m| m.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        messages
+            .iter()
+            .map(|m| m.event.as_ref().map(|e| e.event_id))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        messages
+            .iter()
+            .map(|m| m.event.as_ref().map(|e| e.subject.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        messages
+            .iter()
+            .map(|m| m.event.as_ref().map(|e| e.payload.as_slice()))
+            .collect::<Vec<_>>(),
+    )
     .bind(LiveKind::MessageCreated.as_str())
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
+    if rows.len() != messages.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "send statement answered {} rows for {} messages",
+            rows.len(),
+            messages.len()
+        )));
+    }
+    rows.iter().map(sent).collect()
+}
+
+/// What one answer row of [`send_messages`] says was done.
+fn sent(row: &sqlx::postgres::PgRow) -> Result<Sent, sqlx::Error> {
     if !row.try_get::<bool, _>("is_member")? {
         return Ok(Sent::NotMember);
     }
@@ -316,7 +365,7 @@ pub async fn send_message(
     };
     Ok(Sent::Created {
         message,
-        event_written: row.try_get::<i64, _>("events")? > 0,
+        event_written: row.try_get("event_written")?,
     })
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Only members reach a chat's messages: outsiders get 404, users viewing a public channel they have not joined
 //! get 403. Sending writes the message and its `message_sent` analytics event and notifies live streams, all in
-//! one statement (one round trip, one transaction: see `store::send_message`).
+//! one statement (one round trip, one transaction, shared with the sends that arrive at the same time: see
+//! `store::send_messages` and `chat::send_queue`).
 
 use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
@@ -98,33 +99,34 @@ async fn send_message(
     ApiPath(chat_id): ApiPath<i64>,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
-    let mut conn = state.pool.acquire().await?;
     let checked = validate::message_body(&body.content, &body.files)
         .and_then(|()| validate::idempotency_key(body.idempotency_key.as_deref()));
     let key = match checked {
-        Ok(key) => key,
+        Ok(key) => key.map(str::to_owned),
         Err(invalid) => {
             // Outsiders learn nothing, not even that their message was invalid: 404 (or 403) comes first.
+            let mut conn = state.pool.acquire().await?;
             store::access(&mut conn, chat_id, user).await?.require_member()?;
             return Err(invalid);
         }
-    };
-    let new = NewMessage {
-        chat_id,
-        sender_id: user.user_id,
-        content: &body.content,
-        files: &body.files,
-        idempotency_key: key,
     };
     // Built before the statement: the event does not name the message, so the statement can write it.
     let kind = EventType::MessageSent(validate::message_sent(chat_id, &body.content, &body.files));
     let event = state
         .analytics
         .outbox_row(kind, &client.context(user.user_id, user.workspace_id))?;
+    let new = NewMessage {
+        sender: user,
+        chat_id,
+        content: body.content,
+        files: body.files,
+        idempotency_key: key,
+        event,
+    };
     // Twice at most: a caller who was not a member when the statement ran but is one when `access` looks has
     // just joined, and sends again.
     for _ in 0..2 {
-        match store::send_message(&mut conn, user, new, event.as_ref()).await? {
+        match state.sends.send(new.clone()).await.map_err(anyhow::Error::from)? {
             Sent::Created { message, event_written } => {
                 state.live.committed();
                 if event_written {
@@ -135,14 +137,18 @@ async fn send_message(
             Sent::Replay => {
                 // The key's message exists (committed; a concurrent first attempt was waited for by the unique
                 // index). Nothing was written, so no event either.
-                let original = match key {
+                let mut conn = state.pool.acquire().await?;
+                let original = match new.idempotency_key.as_deref() {
                     Some(key) => store::message_by_key(&mut conn, chat_id, user.user_id, key).await?,
                     None => None,
                 };
                 let original = original.ok_or_else(|| anyhow::anyhow!("message insert conflicted without a match"))?;
                 return Ok((StatusCode::OK, Json(original)));
             }
-            Sent::NotMember => store::access(&mut conn, chat_id, user).await?.require_member()?,
+            Sent::NotMember => {
+                let mut conn = state.pool.acquire().await?;
+                store::access(&mut conn, chat_id, user).await?.require_member()?;
+            }
         }
     }
     Err(anyhow::anyhow!("membership of chat {chat_id} changed during the send").into())

@@ -1,0 +1,124 @@
+//! Group commit of message sends: the sends that arrive while the database is busy are written together, in
+//! one statement and one transaction ([`store::send_messages`]), instead of one transaction each.
+//!
+//! Why: with durable commits, a send's cost is mostly not its rows but its statement and its commit (parse,
+//! plan, executor start-up, the commit record and the wait for the disk). Written together, sends share them.
+//! No send waits for a batch to fill: a writer takes whatever is queued the moment it is free, so a lone send is
+//! written at once, alone, and batches grow only when sends arrive faster than writers finish (the queue's
+//! natural batching). A send is answered only once its statement committed, so nothing is acknowledged that a
+//! crash could lose.
+//!
+//! A batch's statement is all or nothing. When it fails (a deadlock with another batch, a chat deleted under
+//! it), each of its sends is written again on its own, so one bad send never fails the others.
+
+use super::store::{self, NewMessage, Sent};
+use crate::metrics::Metrics;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Statements in flight at once. More than one so that a batch is built and sent while another waits for its
+/// commit; few, so that batches stay large under load.
+const WRITERS: usize = 4;
+
+/// Most sends in one statement: bounds a statement's size and the wait of the first send in it.
+pub const MAX_BATCH: usize = 64;
+
+/// Sends waiting for a writer; when full, senders wait (back-pressure on the HTTP handlers).
+const QUEUE_CAPACITY: usize = 1024;
+
+/// One queued send and where its outcome goes.
+struct Job {
+    message: NewMessage,
+    reply: oneshot::Sender<Result<Sent, sqlx::Error>>,
+}
+
+/// The handle handlers send through. Cheap to clone; the writers stop once every handle is dropped and the
+/// queue is empty.
+#[derive(Clone)]
+pub struct SendQueue {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Why a send has no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The statement failed.
+    #[error("message send statement failed")]
+    Database(#[from] sqlx::Error),
+    /// The writers are gone (the server is stopping, or a writer panicked).
+    #[error("message send queue stopped")]
+    Stopped,
+}
+
+impl SendQueue {
+    /// Starts the writers on the current runtime; they write through `pool` (at most [`WRITERS`] connections).
+    pub fn start(pool: PgPool, metrics: Arc<Metrics>) -> Self {
+        let (jobs, queued) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(dispatch(pool, metrics, queued));
+        Self { jobs }
+    }
+
+    /// Sends `message` with the others queued at the same time; returns once its statement committed.
+    pub async fn send(&self, message: NewMessage) -> Result<Sent, SendError> {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job { message, reply })
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        Ok(outcome.await.map_err(|_| SendError::Stopped)??)
+    }
+}
+
+/// Hands the queued sends, up to [`MAX_BATCH`] at a time, to a free writer, until the queue closes.
+async fn dispatch(pool: PgPool, metrics: Arc<Metrics>, mut queued: mpsc::Receiver<Job>) {
+    let writers = Arc::new(Semaphore::new(WRITERS));
+    loop {
+        // Wait for a free writer first: while all are busy, sends pile up in the queue and leave together.
+        let Ok(writer) = writers.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if queued.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        metrics.send_batch_size.observe(batch.len() as f64);
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write(&pool, batch).await;
+            drop(writer);
+        });
+    }
+}
+
+/// Writes `batch` and answers each of its sends.
+async fn write(pool: &PgPool, batch: Vec<Job>) {
+    let (messages, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|job| (job.message, job.reply)).unzip();
+    for (reply, outcome) in replies.into_iter().zip(write_together(pool, messages).await) {
+        // A handler that stopped waiting (its client went away) needs no answer.
+        let _ = reply.send(outcome);
+    }
+}
+
+/// Writes `messages` in one statement, or, if that fails, each on its own; the outcome of each, in order.
+pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Result<Sent, sqlx::Error>> {
+    let err = match send_all(pool, &messages).await {
+        Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
+        Err(err) if messages.len() == 1 => return vec![Err(err)],
+        Err(err) => err,
+    };
+    tracing::debug!(error = %err, sends = messages.len(), "batched send failed; sending one by one");
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for message in &messages {
+        let outcome = send_all(pool, std::slice::from_ref(message)).await;
+        // `send_messages` answers exactly one outcome per message, or an error.
+        outcomes.push(outcome.and_then(|sent| sent.into_iter().next().ok_or(sqlx::Error::RowNotFound)));
+    }
+    outcomes
+}
+
+/// One statement on one pooled connection.
+async fn send_all(pool: &PgPool, messages: &[NewMessage]) -> Result<Vec<Sent>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    store::send_messages(&mut conn, messages).await
+}
