@@ -163,6 +163,7 @@ async fn api_send_rate(
     let app = Application::build(Settings::load(None, vars)?).await?;
     let port = app.port();
     let pool = app.state().pool.clone();
+    let metrics = app.state().metrics.clone();
     let token = CancellationToken::new();
     let handle = tokio::spawn(app.run_until_stopped(token.clone()));
 
@@ -223,6 +224,8 @@ async fn api_send_rate(
                     .send()
                     .await?;
                 anyhow::ensure!(response.status().is_success(), "send failed: {}", response.status());
+                // Read to the end, as a client does: an unread body keeps the connection from being reused.
+                response.bytes().await?;
                 lat.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(lat)
@@ -239,6 +242,17 @@ async fn api_send_rate(
         .await?;
     token.cancel();
     let _ = handle.await;
+    let rendered = metrics.render();
+    let sample = |name: &str| {
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eprintln!(
+        "    sends per statement: {:.2}",
+        sample("fechatter_message_send_batch_size_sum") / sample("fechatter_message_send_batch_size_count")
+    );
     Ok((
         Figures {
             rate: all.len() as f64 / elapsed.as_secs_f64(),
