@@ -114,15 +114,7 @@ async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_b
         act(&app, &alice, n).await;
     }
     assert!(app.outbox_depth().await > 0, "events wait in the outbox");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(metrics.contains("fechatter_analytics_outbox_depth"), "{metrics}");
     let ready = app.http.get(app.url("/ready")).send().await.expect("ready");
     assert_eq!(

@@ -46,6 +46,23 @@ async fn count(app: &TestApp, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&app.pool).await.expect(sql)
 }
 
+/// How many messages, `message_sent` outbox rows and `message_created` live-update notices there are.
+async fn written(app: &TestApp) -> (i64, i64, i64) {
+    (
+        count(app, "SELECT count(*) FROM messages").await,
+        count(
+            app,
+            "SELECT count(*) FROM analytics_outbox WHERE subject = 'fechatter.analytics.message.sent'",
+        )
+        .await,
+        count(
+            app,
+            "SELECT count(*) FROM live_events WHERE notice::json->>'kind' = 'message_created'",
+        )
+        .await,
+    )
+}
+
 /// The created message's id and content, or a panic naming what came instead.
 fn created(outcome: &Result<Sent, sqlx::Error>) -> (i64, String, bool) {
     match outcome {
@@ -88,27 +105,11 @@ async fn sends_written_together_each_get_their_own_answer_in_order() {
     assert!(matches!(outcomes[5], Ok(Sent::NotMember)), "{:?}", outcomes[5]);
     assert!(first < keyed && keyed < elsewhere, "ids follow the order of the sends");
 
-    assert_eq!(count(&app, "SELECT count(*) FROM messages").await, 3);
+    assert_eq!(written(&app).await, (3, 2, 3), "messages, events, notices");
     assert_eq!(
         count(&app, "SELECT count(*) FROM messages WHERE cardinality(files) = 1").await,
         3,
         "files are stored"
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM analytics_outbox WHERE subject = 'fechatter.analytics.message.sent'"
-        )
-        .await,
-        2
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM live_events WHERE notice::json->>'kind' = 'message_created'"
-        )
-        .await,
-        3
     );
 }
 
@@ -133,23 +134,7 @@ async fn a_send_that_fails_the_shared_statement_fails_alone() {
     assert_eq!(created(&outcomes[0]).1, "before");
     assert!(outcomes[1].is_err(), "{:?}", outcomes[1]);
     assert_eq!(created(&outcomes[2]).1, "after");
-    assert_eq!(count(&app, "SELECT count(*) FROM messages").await, 2);
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM analytics_outbox WHERE subject = 'fechatter.analytics.message.sent'"
-        )
-        .await,
-        2
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM live_events WHERE notice::json->>'kind' = 'message_created'"
-        )
-        .await,
-        2
-    );
+    assert_eq!(written(&app).await, (2, 2, 2), "messages, events, notices");
 }
 
 /// A Prometheus sample of `metrics` (0 when absent).
@@ -210,33 +195,9 @@ async fn concurrent_sends_share_statements_and_each_is_stored_once() {
         "a key's two sends answer one message"
     );
 
-    assert_eq!(count(&app, "SELECT count(*) FROM messages").await, 175);
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM analytics_outbox WHERE subject = 'fechatter.analytics.message.sent'"
-        )
-        .await,
-        175
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM live_events WHERE notice::json->>'kind' = 'message_created'"
-        )
-        .await,
-        175
-    );
+    assert_eq!(written(&app).await, (175, 175, 175), "messages, events, notices");
 
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = app.metrics().await;
     let sends = sample(&metrics, "fechatter_message_send_batch_size_sum");
     let statements = sample(&metrics, "fechatter_message_send_batch_size_count");
     assert_eq!(sends, 225.0, "every send went through the queue: {metrics}");

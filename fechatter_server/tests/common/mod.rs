@@ -306,6 +306,12 @@ impl TestApp {
             .collect()
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.expect("metrics");
+        response.text().await.expect("metrics body")
+    }
+
     /// Outbox rows waiting.
     pub async fn outbox_depth(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
