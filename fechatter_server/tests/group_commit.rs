@@ -1,7 +1,7 @@
 //! Group commit of message sends (`chat::send_queue`) against a real PostgreSQL: sends written together in one
 //! statement each get their own answer (created, replayed or refused), a send that makes the statement fail
-//! fails alone, and concurrent HTTP sends are written in shared statements yet each stored exactly once, with
-//! its event and its live-update notice.
+//! fails alone, concurrent HTTP sends are written in shared statements yet each stored exactly once, with its
+//! event and its live-update notice, and the writers' own connections survive a database restart.
 
 mod common;
 
@@ -205,4 +205,22 @@ async fn concurrent_sends_share_statements_and_each_is_stored_once() {
         statements < sends,
         "{statements} statements for {sends} sends: none shared"
     );
+}
+
+#[tokio::test]
+async fn sends_go_on_after_a_database_restart() {
+    let mut app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let team = app.create_chat(&ada, "Team", "group", &[]).await;
+    // The writers hold their connections from the first send on; the restart breaks them under the queue.
+    app.send_message(&ada, team, "before the restart").await;
+
+    app.postgres.stop().await;
+    app.postgres.restart().await.expect("PostgreSQL restarts");
+
+    let id = app.send_message(&ada, team, "after the restart").await;
+    let (status, history) = app.get(&format!("/api/chats/{team}/messages"), &ada).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(history[0]["id"].as_i64(), Some(id));
+    assert_eq!(written(&app).await, (2, 2, 2), "messages, events, notices");
 }
