@@ -88,7 +88,7 @@ impl Application {
             sends: SendQueue::start(&pool, metrics.clone()),
             settings,
             pool,
-            keys,
+            keys: Arc::new(keys),
             metrics,
             nats,
         };

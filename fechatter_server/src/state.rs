@@ -10,7 +10,8 @@ use fechatter_service::rate_limit::RateLimiter;
 use sqlx::PgPool;
 use std::sync::Arc;
 
-/// Shared application state.
+/// Shared application state. Cloned for every request (by each extractor that needs it), hence every field is
+/// a handle or an `Arc`.
 #[derive(Clone)]
 pub struct AppState {
     /// Validated settings.
@@ -20,7 +21,7 @@ pub struct AppState {
     /// Message sends, written in groups.
     pub sends: SendQueue,
     /// Token keys.
-    pub keys: JwtKeys,
+    pub keys: Arc<JwtKeys>,
     /// Analytics events, written to the outbox.
     pub analytics: Analytics,
     /// Live updates fan-out (server-sent events).
