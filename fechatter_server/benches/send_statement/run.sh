@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What each part of a message send costs PostgreSQL: runs the send statement of `chat::store::send_messages`, for
-# one message (scalar parameters instead of its arrays), and its parts with pgbench (prepared, as sqlx runs it), against a private PostgreSQL with the schema of
-# fechatter_server/migrations and, as send_bench, PostgreSQL's default durability (a commit returns once it is on
-# disk; DURABILITY=off runs with the tests' settings, fsync off), 16 clients on one chat.
+# one message (scalar parameters instead of its arrays), and its parts with pgbench (prepared, as sqlx runs it),
+# against a private PostgreSQL with the schema of fechatter_server/migrations and, as send_bench, PostgreSQL's
+# default durability (a commit returns once it is on disk; DURABILITY=off runs with the tests' settings, fsync
+# off), 16 clients on one chat.
 #
 # Usage: [DURABILITY=on|off] fechatter_server/benches/send_statement/run.sh [seconds per run, default 8] [rounds, default 2]
 # raw.sql and message_insert.sql are the baselines; the send variants are put together from parts/.
@@ -76,7 +77,8 @@ for round in $(seq 1 "$rounds"); do
             CREATE TABLE raw_bench (id BIGSERIAL PRIMARY KEY, chat_id BIGINT, sender_id BIGINT, content TEXT,
                 created_at TIMESTAMPTZ DEFAULT now());"
         # Generic plans, as the server's send connections use (`chat::send_queue`): no planning per execution.
-        rate=$(PGOPTIONS="-c plan_cache_mode=force_generic_plan" "$PG_BIN/pgbench" -M prepared -n -h 127.0.0.1 -p "$port" -U postgres -c 16 -j 2 -T "$seconds" \
+        rate=$(PGOPTIONS="-c plan_cache_mode=force_generic_plan" "$PG_BIN/pgbench" -M prepared -n \
+            -h 127.0.0.1 -p "$port" -U postgres -c 16 -j 2 -T "$seconds" \
             -f "$dir/$v.sql" "$db" 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
         [ -n "$rate" ] || { echo "pgbench failed on $v.sql" >&2; exit 1; }
         printf '  round %s: %-28s %8.0f/s\n' "$round" "$v" "$rate"
