@@ -23,6 +23,11 @@ use std::time::{Duration, Instant};
 use test_support::{Durability, NatsServer, PostgresServer};
 use tokio_util::sync::CancellationToken;
 
+// The server runs in this process, so it gets the allocator the `fechatter_server` binary ships with; with glibc's
+// malloc it would be measured on an allocator it never runs on.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 struct Args {
     messages: usize,
     clients: usize,
