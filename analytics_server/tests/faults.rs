@@ -112,6 +112,28 @@ async fn sigterm_flushes_the_partial_batch_and_acknowledges_it() {
 }
 
 #[tokio::test]
+async fn sigterm_with_nats_down_still_exits_and_loses_nothing() {
+    let mut stack = Stack::start().await;
+    let (mut child, _) = stack.spawn_binary(&[]).await;
+    stack.publish_all(&events(10)).await;
+    stack.wait_for_rows(10, Duration::from_secs(30)).await;
+    stack.nats.stop().await;
+    let started = Instant::now();
+    // SHUTDOWN_GRACE (30 s) bounds the in-flight work; nothing after it may wait for NATS to come back.
+    let status = child
+        .terminate(Duration::from_secs(45))
+        .await
+        .expect("exits with NATS down");
+    assert!(status.success(), "{status:?}\n{}", child.log_contents());
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stack.count_final().await, 10);
+}
+
+#[tokio::test]
 async fn a_nats_restart_is_survived_without_loss() {
     let mut stack = Stack::start().await;
     let app = stack.run_in_process(&[]).await;

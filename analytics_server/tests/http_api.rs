@@ -279,3 +279,27 @@ async fn a_client_over_the_ingest_rate_limit_gets_429_before_its_body_is_read() 
     assert_eq!(status, 429);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn core_nats_mode_answers_503_when_nats_is_down() {
+    let mut stack = Stack::start().await;
+    let app = stack
+        .run_in_process(&[("ANALYTICS__INTEGRATIONS__MESSAGING__JETSTREAM_ENABLED", "false")])
+        .await;
+    stack.nats.stop().await;
+    let started = std::time::Instant::now();
+    let (status, body) = post(
+        &app.url("/api/event"),
+        "application/x-protobuf",
+        events(1)[0].encode_to_vec(),
+    )
+    .await;
+    // Not 202 (the event never reached NATS), and not a request hanging until NATS comes back.
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}

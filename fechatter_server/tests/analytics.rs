@@ -132,6 +132,31 @@ async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_b
 }
 
 #[tokio::test]
+async fn with_nats_down_the_server_still_stops_promptly_and_keeps_its_events() {
+    let mut app = TestApp::start(&[]).await;
+    let alice = app.direct_user("Alice", None).await;
+    app.nats.stop().await;
+    for n in 0..3 {
+        act(&app, &alice, n).await;
+    }
+    let started = std::time::Instant::now();
+    app.token.cancel();
+    let handle = app.handle.take().expect("running");
+    // A relay round gives up on its acks after `ack_timeout_ms` (5 s); nothing after it may wait for NATS.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), handle).await;
+    assert!(
+        stopped.is_ok(),
+        "still stopping after {:?} with NATS down",
+        started.elapsed()
+    );
+    assert_eq!(
+        app.outbox_depth().await,
+        3,
+        "the events wait in the outbox for the next start"
+    );
+}
+
+#[tokio::test]
 async fn two_relays_at_once_publish_every_event_once() {
     let app = TestApp::start(&[("FECHATTER__ANALYTICS__BATCH_SIZE", "7")]).await;
     let alice = app.direct_user("Alice", None).await;

@@ -232,7 +232,11 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
             nats.publish(subject, payload)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
-            nats.flush().await.map_err(|e| unavailable(e.to_string()))
+            // Bounded like the JetStream path: with NATS down, a flush waits for the reconnection.
+            match tokio::time::timeout(PUBLISH_TIMEOUT, nats.flush()).await {
+                Ok(flushed) => flushed.map_err(|e| unavailable(e.to_string())),
+                Err(_) => Err(unavailable("timed out handing the event to NATS".into())),
+            }
         }
         (None, None) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
