@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::http;
 use crate::live::LiveHub;
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 use anyhow::Context as _;
 use fechatter_service::rate_limit::RateLimiter;
 use sqlx::postgres::PgPoolOptions;
@@ -84,7 +84,7 @@ impl Application {
             .await
             .with_context(|| format!("Failed to bind {address}"))?;
         let port = listener.local_addr()?.port();
-        let state = AppState {
+        let state = AppState::new(Shared {
             auth_limiter: Arc::new(RateLimiter::per_minute(settings.server.auth_rate_limit_per_minute)),
             analytics: Analytics::new(enabled, metrics.clone()),
             live: LiveHub::new(),
@@ -94,7 +94,7 @@ impl Application {
             keys: Arc::new(keys),
             metrics,
             nats,
-        };
+        });
         Ok(Self {
             listener,
             state,
