@@ -242,8 +242,15 @@ fn build_service_binary() -> Result<()> {
 /// Clock ticks per second of `/proc/<pid>/stat` and `/proc/stat` (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// `(comm, ppid, utime + stime ticks)` of `pid`.
-fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+/// CPU ticks of a process: all of them, and those spent in the kernel on its behalf.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ticks {
+    total: u64,
+    kernel: u64,
+}
+
+/// `(comm, ppid, ticks)` of `pid`.
+fn proc_stat(pid: u32) -> Option<(String, u32, Ticks)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
@@ -253,7 +260,14 @@ fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
     let ppid = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, ppid, utime + stime))
+    Some((
+        comm,
+        ppid,
+        Ticks {
+            total: utime + stime,
+            kernel: stime,
+        },
+    ))
 }
 
 /// Busy ticks of the whole machine (all processes, all cores), from the first line of `/proc/stat`.
@@ -277,7 +291,7 @@ fn machine_busy_ticks() -> Option<u64> {
 #[derive(Debug, Clone, Default)]
 struct CpuSnapshot {
     machine: u64,
-    programs: Vec<(String, u64)>,
+    programs: Vec<(String, Ticks)>,
 }
 
 impl CpuSnapshot {
@@ -305,9 +319,12 @@ impl CpuSnapshot {
         snapshot
     }
 
-    fn add(&mut self, name: String, ticks: u64) {
+    fn add(&mut self, name: String, ticks: Ticks) {
         match self.programs.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, t)) => *t += ticks,
+            Some((_, t)) => {
+                t.total += ticks.total;
+                t.kernel += ticks.kernel;
+            }
             None => self.programs.push((name, ticks)),
         }
     }
@@ -316,8 +333,8 @@ impl CpuSnapshot {
 /// CPU used during a step.
 #[derive(Debug, Clone)]
 struct CpuUse {
-    /// CPU seconds by program.
-    programs: Vec<(String, f64)>,
+    /// CPU seconds by program: all, and in the kernel.
+    programs: Vec<(String, f64, f64)>,
     /// CPU seconds of the programs of this benchmark.
     ours: f64,
     /// CPU seconds of every other process on the machine (other builds, …).
@@ -330,13 +347,18 @@ impl CpuUse {
     fn between(before: &CpuSnapshot, after: &CpuSnapshot, wall: Duration) -> Self {
         let mut programs = Vec::new();
         for (name, ticks) in &after.programs {
-            let start = before.programs.iter().find(|(n, _)| n == name).map_or(0, |(_, t)| *t);
-            let seconds = ticks.saturating_sub(start) as f64 / TICKS_PER_SECOND;
+            let start = before
+                .programs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(Ticks::default(), |(_, t)| *t);
+            let seconds = ticks.total.saturating_sub(start.total) as f64 / TICKS_PER_SECOND;
+            let kernel = ticks.kernel.saturating_sub(start.kernel) as f64 / TICKS_PER_SECOND;
             if seconds > 0.0 {
-                programs.push((name.clone(), seconds));
+                programs.push((name.clone(), seconds, kernel));
             }
         }
-        let ours: f64 = programs.iter().map(|(_, s)| s).sum();
+        let ours: f64 = programs.iter().map(|(_, s, _)| s).sum();
         let machine = after.machine.saturating_sub(before.machine) as f64 / TICKS_PER_SECOND;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
@@ -353,7 +375,13 @@ impl CpuUse {
     }
 
     fn line(&self) -> String {
-        let parts: Vec<String> = self.programs.iter().map(|(name, s)| format!("{name} {s:.2}")).collect();
+        // The kernel's share tells file-system work apart: ClickHouse 18.16 writes two files per column per
+        // INSERT, and on some file systems creating them costs more than the INSERT itself (see README.md).
+        let parts: Vec<String> = self
+            .programs
+            .iter()
+            .map(|(name, s, kernel)| format!("{name} {s:.2} (kernel {kernel:.2})"))
+            .collect();
         format!(
             "CPU s: {} = {:.2} | other processes {:.2} | machine {:.0}% busy of {:.2} CPU s",
             parts.join(", "),
@@ -561,6 +589,22 @@ async fn scalar(clickhouse: &ClickHouseServer, sql: &str) -> Result<u64> {
 
 // ---------------------------------------------------------------------------------------------------------------
 // (c) the service
+
+/// The type and device of the file system holding `path`, from `/proc/mounts` (the longest mount point above it).
+fn filesystem_of(path: &std::path::Path) -> Option<String> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), format!("{kind} on {device}")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, described)| described)
+}
 
 /// Resident set size of `pid` in KiB, from `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -866,7 +910,12 @@ async fn run() -> Result<bool> {
         build_service_binary()?;
     }
 
-    println!("[1] starting private nats-server and clickhouse-server");
+    let data = std::env::temp_dir();
+    println!(
+        "[1] starting private nats-server and clickhouse-server, their data under {} ({}; TMPDIR moves it)",
+        data.display(),
+        filesystem_of(&data).unwrap_or_else(|| "file system unknown".into())
+    );
     let (nats, clickhouse) = tokio::join!(NatsServer::start(), ClickHouseServer::start());
     let nats = nats.context("nats-server starts")?;
     let clickhouse = clickhouse.context("clickhouse-server starts")?;
