@@ -91,7 +91,7 @@ impl Application {
             sends: SendQueue::start(&pool, metrics.clone()),
             settings,
             pool,
-            keys: Arc::new(keys),
+            keys,
             metrics,
             nats,
         });

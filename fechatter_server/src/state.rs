@@ -40,7 +40,7 @@ pub struct Shared {
     /// Message sends, written in groups.
     pub sends: SendQueue,
     /// Token keys.
-    pub keys: Arc<JwtKeys>,
+    pub keys: JwtKeys,
     /// Analytics events, written to the outbox.
     pub analytics: Analytics,
     /// Live updates fan-out (server-sent events).
