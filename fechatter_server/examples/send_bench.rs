@@ -348,6 +348,13 @@ async fn main() -> anyhow::Result<()> {
         "analytics on / raw     = {on_raw:.2} (target >= 0.50) {}",
         if on_raw >= 0.5 { "met" } else { "TARGET MISSED" }
     );
+    // The machine drifts within minutes; the ratio of the two runs of one round (back to back) shows how much.
+    let paired: Vec<String> = ons
+        .iter()
+        .zip(&offs)
+        .map(|(on, off)| format!("{:.2}", on.rate / off.rate))
+        .collect();
+    println!("analytics on / off of each round: {}", paired.join(" / "));
     println!("outbox rows left when sending stopped (most of any round): {outbox_left}");
     Ok(())
 }
