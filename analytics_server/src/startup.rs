@@ -27,8 +27,6 @@ const STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// How long shutdown waits for in-flight batches to be stored and acknowledged. Whatever is still
 /// unacknowledged after it is redelivered by JetStream later: nothing is lost, only delayed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Longest wait for NATS to take the last buffered acknowledgements at shutdown.
-const NATS_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Poison messages being copied to the dead-letter stream at once (each waits for JetStream's acknowledgement).
 const DEAD_LETTERS_IN_FLIGHT: usize = 256;
 
@@ -232,10 +230,9 @@ impl Application {
                 "in-flight batches not stored before the grace period; JetStream will redeliver them"
             );
         }
-        // Pushes out the last acks. Bounded: with NATS down, a flush waits for a reconnection that may never come,
-        // and the process would not exit (unacknowledged messages are redelivered and collapse in ClickHouse).
+        // Pushes out the last acks (any not taken are redelivered later and collapse in ClickHouse).
         if let Some(nats) = &state.nats
-            && tokio::time::timeout(NATS_FLUSH_TIMEOUT, nats.flush()).await.is_err()
+            && !fechatter_service::shutdown::flush_nats(nats).await
         {
             tracing::warn!("NATS unreachable at shutdown; the last acknowledgements may be redelivered");
         }

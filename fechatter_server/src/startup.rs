@@ -21,9 +21,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Longest wait for NATS to take the last buffered bytes at shutdown.
-const NATS_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The running service.
 pub struct Application {
     listener: TcpListener,
@@ -151,10 +148,9 @@ impl Application {
         {
             tracing::warn!("background tasks did not stop in time");
         }
-        // Whatever the relay published is acknowledged already; this only pushes out buffered bytes. Bounded:
-        // with NATS down, a flush waits for a reconnection that may never come, and the process would not exit.
+        // Whatever the relay published is acknowledged already; this only pushes out buffered bytes.
         if let Some(nats) = &state.nats
-            && tokio::time::timeout(NATS_FLUSH_TIMEOUT, nats.flush()).await.is_err()
+            && !fechatter_service::shutdown::flush_nats(nats).await
         {
             tracing::warn!("NATS unreachable at shutdown; events not yet published stay in the outbox");
         }
