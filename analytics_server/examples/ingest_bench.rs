@@ -13,6 +13,8 @@
 //! * `--max-ack-pending N` — of the service's consumer and of (a)'s (default 40000);
 //! * `--service-env KEY=VALUE` — repeatable: more environment for the service (another `ANALYTICS__…` key,
 //!   `LD_PRELOAD`, …), applied last;
+//! * `--drop-between-steps` — drop each step's database as soon as the step is done, as the bench did before
+//!   2026-11-29, instead of keeping it to the end of the run (see [`retire_database`]);
 //! * `--no-build` — do not run `cargo build` for the service binary first.
 //!
 //! One run:
@@ -80,6 +82,7 @@ struct Args {
     pull_batch: usize,
     max_ack_pending: usize,
     build: bool,
+    drop_between_steps: bool,
     service_env: Vec<(String, String)>,
 }
 
@@ -92,6 +95,7 @@ impl Args {
             pull_batch: 2_000,
             max_ack_pending: 40_000,
             build: true,
+            drop_between_steps: false,
             service_env: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
@@ -120,6 +124,7 @@ impl Args {
                 "--pull-batch" => args.pull_batch = number(&name, text(&name)?)?,
                 "--max-ack-pending" => args.max_ack_pending = number(&name, text(&name)?)?,
                 "--no-build" => args.build = false,
+                "--drop-between-steps" => args.drop_between_steps = true,
                 "--service-env" => {
                     let pair = text(&name)?;
                     let (key, value) = pair.split_once('=').context("--service-env needs KEY=VALUE")?;
@@ -128,7 +133,7 @@ impl Args {
                 "-h" | "--help" => {
                     println!(
                         "usage: ingest_bench [--events N] [--rounds K] [--batch-size N] [--pull-batch N] \
-                         [--max-ack-pending N] [--service-env KEY=VALUE]... [--no-build]"
+                         [--max-ack-pending N] [--service-env KEY=VALUE]... [--drop-between-steps] [--no-build]"
                     );
                     std::process::exit(0);
                 }
@@ -554,6 +559,7 @@ async fn raw_insert(
     settings: &Settings,
     rows: &[EventRow],
     database: &str,
+    drop: bool,
 ) -> Result<Timed> {
     let batch_size = settings.batch_size;
     // The service's compression, so (b) and (c) send the same bytes.
@@ -575,9 +581,33 @@ async fn raw_insert(
         "raw insert stored {stored} rows of {}",
         rows.len()
     );
-    // Dropped so that its background merges do not compete with the next step.
-    clickhouse.query(&format!("DROP DATABASE {database}")).await?;
+    retire_database(clickhouse, database, drop).await?;
     Ok(timed)
+}
+
+/// Gets the scratch database `database` of a finished step out of the next step's way.
+///
+/// By default the database stays until the private server is removed at the end of the run, and this waits
+/// until ClickHouse has no merge of it running (3 looks in a row, 100 ms apart). Dropping it instead
+/// (`--drop-between-steps`, what the bench did before 2026-11-29) deletes some 2,000 files right before the
+/// next step, as ClickHouse 18.16 writes two files per column of each part; and on ext4 without a journal the
+/// kernel then checks every inode it considers for a new file for a deletion in the last 30 s to 5 min
+/// (`recently_deleted`), which made (c) pay for (b)'s clean-up. A production server deletes merged-away parts
+/// only `old_parts_lifetime` (8 min) after the merge, a few at a time, not a whole table at once.
+async fn retire_database(clickhouse: &ClickHouseServer, database: &str, drop: bool) -> Result<()> {
+    if drop {
+        clickhouse.query(&format!("DROP DATABASE {database}")).await?;
+        return Ok(());
+    }
+    let sql = format!("SELECT count() FROM system.merges WHERE database = '{database}'");
+    let mut idle_looks = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while idle_looks < 3 {
+        ensure!(Instant::now() < deadline, "merges of {database} still running after 300 s");
+        idle_looks = if scalar(clickhouse, &sql).await? == 0 { idle_looks + 1 } else { 0 };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 async fn scalar(clickhouse: &ClickHouseServer, sql: &str) -> Result<u64> {
@@ -690,6 +720,7 @@ async fn run_service(
     consumer: &str,
     database: &str,
     n: usize,
+    drop: bool,
 ) -> Result<ServiceRun> {
     let binary = cargo_bin("analytics_server");
     ensure!(
@@ -807,8 +838,7 @@ async fn run_service(
         eprintln!("warning: stopping analytics_server: {e:#}");
     }
     let inserts = parse_inserts(&child.log_contents());
-    // Dropped so that its background merges do not compete with the next round.
-    clickhouse.query(&format!("DROP DATABASE {database}")).await?;
+    retire_database(clickhouse, database, drop).await?;
 
     let half = half.unwrap_or(total);
     let samples = samples.lock().await;
@@ -991,7 +1021,14 @@ async fn run() -> Result<bool> {
         println!("      {}", bare.cpu.line());
 
         println!("{tag} (b) raw ClickHouse INSERT, {} rows per INSERT", args.batch_size);
-        let raw = raw_insert(&clickhouse, &settings, &rows, &format!("bench_raw_{}", round + 1)).await?;
+        let raw = raw_insert(
+            &clickhouse,
+            &settings,
+            &rows,
+            &format!("bench_raw_{}", round + 1),
+            args.drop_between_steps,
+        )
+        .await?;
         println!(
             "      {:.2} s: {} rows/s",
             raw.elapsed.as_secs_f64(),
@@ -1001,7 +1038,16 @@ async fn run() -> Result<bool> {
 
         let (round_vars, consumer, database) = round_service_env(&vars, &settings, round);
         println!("{tag} (c) analytics_server binary drains the backlog (consumer {consumer}, database {database})");
-        let service = run_service(&clickhouse, &js, &round_vars, &consumer, &database, n).await?;
+        let service = run_service(
+            &clickhouse,
+            &js,
+            &round_vars,
+            &consumer,
+            &database,
+            n,
+            args.drop_between_steps,
+        )
+        .await?;
         let insert_ms: u64 = service.inserts.iter().map(|(_, ms)| ms).sum();
         println!(
             "      {:.2} s: {} events/s | start-up {:.2} s (then {} events/s) | first rows after {:.2} s, half after \
