@@ -603,8 +603,15 @@ async fn retire_database(clickhouse: &ClickHouseServer, database: &str, drop: bo
     let mut idle_looks = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
     while idle_looks < 3 {
-        ensure!(Instant::now() < deadline, "merges of {database} still running after 300 s");
-        idle_looks = if scalar(clickhouse, &sql).await? == 0 { idle_looks + 1 } else { 0 };
+        ensure!(
+            Instant::now() < deadline,
+            "merges of {database} still running after 300 s"
+        );
+        idle_looks = if scalar(clickhouse, &sql).await? == 0 {
+            idle_looks + 1
+        } else {
+            0
+        };
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
