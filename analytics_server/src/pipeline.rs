@@ -39,7 +39,7 @@ pub async fn run(
     mut dead_letters: Option<DeadLetterWorkers>,
     metrics: Arc<Metrics>,
 ) {
-    let mut batch: Batch<Ack> = Batch::default();
+    let mut batch: Batch<Ack> = Batch::new(settings.batch_size);
     loop {
         let deadline = batch.deadline(settings.flush_interval);
         let next = tokio::select! {
@@ -108,31 +108,34 @@ async fn handle(
     ) {
         Ok(events) => {
             let ingested_at = now_seconds();
-            let rows = events
-                .into_iter()
-                .enumerate()
-                .map(|(index, decoded)| {
-                    tracing::debug!("✅ Successfully parsed protobuf event: {}", decoded.kind.type_name());
-                    if let Some(named) = subject_mismatch(&message.subject, &decoded.kind) {
-                        tracing::warn!(
-                            subject = %message.subject,
-                            subject_type = named,
-                            event_type = decoded.kind.type_name(),
-                            "subject disagrees with the event type; storing by the event type"
-                        );
-                    }
-                    let origin = Origin {
-                        subject: &message.subject,
-                        stream: &settings.stream,
-                        stream_sequence: message.stream_sequence,
-                        index,
-                        ingested_at,
-                    };
-                    to_row(decoded.context, &decoded.kind, &origin)
-                })
-                .collect::<Vec<_>>();
-            metrics.events_received.inc_by(rows.len() as u64);
-            batch.push(rows, message.ack, Instant::now());
+            let Incoming {
+                subject,
+                stream_sequence,
+                ack,
+                ..
+            } = message;
+            // Built straight into the batch: no vector of rows per message.
+            let rows = events.into_iter().enumerate().map(|(index, decoded)| {
+                tracing::debug!("✅ Successfully parsed protobuf event: {}", decoded.kind.type_name());
+                if let Some(named) = subject_mismatch(&subject, &decoded.kind) {
+                    tracing::warn!(
+                        subject = %subject,
+                        subject_type = named,
+                        event_type = decoded.kind.type_name(),
+                        "subject disagrees with the event type; storing by the event type"
+                    );
+                }
+                let origin = Origin {
+                    subject: &subject,
+                    stream: &settings.stream,
+                    stream_sequence,
+                    index,
+                    ingested_at,
+                };
+                to_row(decoded.context, &decoded.kind, &origin)
+            });
+            let added = batch.push(rows, ack, Instant::now());
+            metrics.events_received.inc_by(added as u64);
         }
         Err(err) => {
             metrics.fail(err.reason());

@@ -124,7 +124,7 @@ pub async fn run_jetstream(
                         continue;
                     };
                     let incoming = Incoming {
-                        subject: message.subject.to_string(),
+                        subject: message.subject.as_str().to_owned(),
                         payload: message.payload,
                         headers: message.headers,
                         stream_sequence,
@@ -173,7 +173,7 @@ pub async fn run_core(
         };
         let Some(message) = message else { break };
         let incoming = Incoming {
-            subject: message.subject.to_string(),
+            subject: message.subject.as_str().to_owned(),
             payload: message.payload,
             headers: message.headers,
             stream_sequence: 0,
