@@ -592,8 +592,9 @@ async fn raw_insert(
 /// (`--drop-between-steps`, what the bench did before 2026-11-29) deletes some 2,000 files right before the
 /// next step, as ClickHouse 18.16 writes two files per column of each part; and on ext4 without a journal the
 /// kernel then checks every inode it considers for a new file for a recent deletion (minutes, while its inode
-/// table block is not written back; `recently_deleted`), which made (c) pay for (b)'s clean-up. A production server deletes merged-away parts
-/// only `old_parts_lifetime` (8 min) after the merge, a few at a time, not a whole table at once.
+/// table block is not written back; `recently_deleted`), which made (c) pay for (b)'s clean-up. A production
+/// server deletes merged-away parts only `old_parts_lifetime` (8 min) after the merge, a few at a time, not a
+/// whole table at once.
 async fn retire_database(clickhouse: &ClickHouseServer, database: &str, drop: bool) -> Result<()> {
     if drop {
         clickhouse.query(&format!("DROP DATABASE {database}")).await?;
