@@ -162,29 +162,20 @@ async fn ensure_stream_is_idempotent_and_status_counts_what_the_stream_holds() {
 
 #[tokio::test]
 async fn a_server_without_jetstream_is_named() {
-    // A bare nats-server: JetStream off.
-    let port = test_support::free_port();
-    let program = test_support::require_program("nats-server").expect("nats-server installed");
-    let mut server = tokio::process::Command::new(program)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .kill_on_drop(true)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server starts");
-    let url = format!("nats://127.0.0.1:{port}");
-    test_support::wait_until("nats-server without JetStream", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
-    })
-    .await
-    .expect("answers");
+    // `NatsServer` waits for the server's health endpoint, not just an open port: a connection to a
+    // port nobody listens on yet can succeed by connecting to itself (TCP simultaneous open), the
+    // likely reason this test once ran the command before its hand-started server was up.
+    let mut server = NatsServer::start_without_jetstream()
+        .await
+        .expect("nats-server without JetStream");
+    let url = server.url();
     let out = Command::new(env!("CARGO_BIN_EXE_analytics_server"))
         .arg("ensure-stream")
         .env("ANALYTICS__INTEGRATIONS__MESSAGING__NATS_URL", &url)
         .output()
         .await
         .expect("runs");
-    let _ = server.kill().await;
+    server.kill().await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -29,6 +29,8 @@ pub struct NatsServer {
     program: PathBuf,
     port: u16,
     monitor_port: u16,
+    /// Whether the server runs with `-js`; kept across restarts.
+    jetstream: bool,
     http: reqwest::Client,
 }
 
@@ -36,6 +38,17 @@ impl NatsServer {
     /// Starts a nats-server with JetStream and waits until it accepts TCP connections and its
     /// `/healthz` answers 200.
     pub async fn start() -> Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Starts a bare nats-server, JetStream off (no `-js`), as [`start`](Self::start) does
+    /// otherwise: for tests of what a client says about a server that cannot hold streams.
+    pub async fn start_without_jetstream() -> Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Starts a server with or without JetStream, trying new ports when the chosen ones were taken.
+    async fn start_with(jetstream: bool) -> Result<Self> {
         let program = require_program("nats-server")?;
         let dir = tempfile::Builder::new()
             .prefix("test-support-nats-")
@@ -47,6 +60,7 @@ impl NatsServer {
             program,
             port: 0,
             monitor_port: 0,
+            jetstream,
             http: http_client()?,
         };
         let mut last_error = None;
@@ -72,10 +86,12 @@ impl NatsServer {
         }
         let mut command = Command::new(&self.program);
         command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.store_dir())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-m", &self.monitor_port.to_string()])
             .current_dir(self.dir.path());
+        if self.jetstream {
+            command.arg("-js").arg("-sd").arg(self.store_dir());
+        }
         let http = self.http.clone();
         let addr = ("127.0.0.1", self.port);
         let healthz = format!("{}/healthz", self.monitor_url());

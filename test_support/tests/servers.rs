@@ -221,3 +221,30 @@ async fn dropped_nats_server_is_gone() -> Result<()> {
     ensure!(!store.exists(), "temporary directory left behind");
     Ok(())
 }
+
+/// Reads the greeting of the NATS server on `port`: its `INFO` line.
+async fn nats_greeting(port: u16) -> Result<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).await?;
+    ensure!(line.starts_with("INFO "), "expected INFO, got {line:?}");
+    Ok(line)
+}
+
+#[tokio::test]
+async fn nats_starts_with_or_without_jetstream_and_says_which() -> Result<()> {
+    let (with, without) = tokio::join!(NatsServer::start(), NatsServer::start_without_jetstream());
+    let (with, mut without) = (with?, without?);
+    let greeting = nats_greeting(with.port()).await?;
+    ensure!(greeting.contains("\"jetstream\":true"), "JetStream missing: {greeting}");
+    let greeting = nats_greeting(without.port()).await?;
+    ensure!(!greeting.contains("\"jetstream\":true"), "JetStream on: {greeting}");
+    // A restart keeps the choice.
+    without.restart().await?;
+    let greeting = nats_greeting(without.port()).await?;
+    ensure!(
+        !greeting.contains("\"jetstream\":true"),
+        "JetStream on after a restart: {greeting}"
+    );
+    Ok(())
+}
