@@ -23,6 +23,7 @@
 
 use analytics_server::batcher::Batch;
 use analytics_server::config::Settings;
+use analytics_server::handoff::{self, Taker};
 use analytics_server::jetstream::{consumer_config, ensure_stream};
 use analytics_server::metrics::Metrics;
 use analytics_server::pipeline::{self, PipelineSettings};
@@ -235,7 +236,7 @@ async fn run_stage(
     let js_settings = &settings.jetstream;
     let token = CancellationToken::new();
     let (in_tx, in_rx) = mpsc::channel(js_settings.pull_batch.max(1));
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch<Ack>>(1);
+    let (batch_giver, batch_taker) = handoff::channel();
     let started = Instant::now();
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     // The source re-creates the consumer by the settings' name if pulling fails: give it this stage's name.
@@ -250,29 +251,22 @@ async fn run_stage(
     )));
     let mut timed: Option<JoinHandle<SinkTimes>> = None;
     if stage == Stage::SourceAck {
-        drop(batch_tx);
-        drop(batch_rx);
+        drop(batch_giver);
+        drop(batch_taker);
         let nats = client.clone();
         tasks.push(tokio::spawn(ack_each(in_rx, nats)));
     } else {
-        let pipeline_settings = PipelineSettings {
-            batch_size: settings.batch_size,
-            flush_interval: settings.flush_interval(),
-            batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
-            max_message_bytes: js_settings.max_message_bytes,
-            stream: js_settings.stream.clone(),
-        };
         let metrics = Arc::new(Metrics::new());
         tasks.push(tokio::spawn(pipeline::run(
-            pipeline_settings,
+            PipelineSettings::from_settings(settings),
             in_rx,
-            batch_tx,
+            batch_giver,
             None,
             metrics.clone(),
         )));
         let nats = client.clone();
         match stage {
-            Stage::PipelineAck => tasks.push(tokio::spawn(ack_batches(batch_rx, nats))),
+            Stage::PipelineAck => tasks.push(tokio::spawn(ack_batches(batch_taker, nats))),
             Stage::ServiceSink => {
                 let sink = ClickHouseSink::new(
                     ch.clone(),
@@ -284,10 +278,10 @@ async fn run_stage(
                     metrics,
                     Some(nats),
                 );
-                tasks.push(tokio::spawn(sink.run(batch_rx)));
+                tasks.push(tokio::spawn(sink.run(batch_taker)));
             }
-            Stage::TimedSink => timed = Some(tokio::spawn(timed_sink(batch_rx, ch.clone(), nats, false))),
-            Stage::OverlappedSink => timed = Some(tokio::spawn(timed_sink(batch_rx, ch.clone(), nats, true))),
+            Stage::TimedSink => timed = Some(tokio::spawn(timed_sink(batch_taker, ch.clone(), nats, false))),
+            Stage::OverlappedSink => timed = Some(tokio::spawn(timed_sink(batch_taker, ch.clone(), nats, true))),
             Stage::SourceAck => {}
         }
     }
@@ -331,8 +325,8 @@ async fn ack_each(mut rx: mpsc::Receiver<Incoming>, nats: async_nats::Client) {
 }
 
 /// S2: acknowledges every batch without storing it.
-async fn ack_batches(mut rx: mpsc::Receiver<Batch<Ack>>, nats: async_nats::Client) {
-    while let Some(batch) = rx.recv().await {
+async fn ack_batches(batches: Taker, nats: async_nats::Client) {
+    while let Some(batch) = batches.next().await {
         for ack in &batch.acks {
             let _ = ack.send(&nats, AckKind::Ack).await;
         }
@@ -369,17 +363,12 @@ async fn ack_and_drop(batch: Batch<Ack>, nats: &async_nats::Client) -> (Duration
 
 /// S4/S5: the sink's `write` (INSERT, then acks), timed per part; with `overlap`, the acks and the drop run in
 /// a spawned task (at most one at a time) so the next INSERT can start.
-async fn timed_sink(
-    mut rx: mpsc::Receiver<Batch<Ack>>,
-    client: clickhouse::Client,
-    nats: async_nats::Client,
-    overlap: bool,
-) -> SinkTimes {
+async fn timed_sink(batches: Taker, client: clickhouse::Client, nats: async_nats::Client, overlap: bool) -> SinkTimes {
     let mut times = SinkTimes::default();
     let mut pending: Option<JoinHandle<(Duration, Duration)>> = None;
     loop {
         let t = Instant::now();
-        let Some(batch) = rx.recv().await else { break };
+        let Some(batch) = batches.next().await else { break };
         times.waiting += t.elapsed();
         let t = Instant::now();
         while let Err(err) = insert(&client, &batch.rows).await {

@@ -1,5 +1,5 @@
-//! Accumulates decoded rows with the acknowledgements of the messages that carried them, and decides when
-//! to flush: at `batch_size` rows or when the oldest row has waited `flush_interval`, whichever comes first.
+//! Accumulates decoded rows with the acknowledgements of the messages that carried them, and decides when a
+//! batch is due: at `batch_size` rows or when the oldest row has waited `flush_interval`, whichever comes first.
 //!
 //! Pure (no I/O, generic over the acknowledgement handle) so the flush policy is unit-tested directly.
 
@@ -50,6 +50,12 @@ impl<A> Batch<A> {
         self.rows.len() >= batch_size
     }
 
+    /// True when the batch should go to the sink: `batch_size` rows or more, or a row older than
+    /// `flush_interval`.
+    pub fn is_due(&self, batch_size: usize, flush_interval: Duration, now: Instant) -> bool {
+        self.is_full(batch_size) || self.deadline(flush_interval).is_some_and(|deadline| deadline <= now)
+    }
+
     /// True when nothing (not even a message without rows) is held.
     pub fn is_empty(&self) -> bool {
         self.acks.is_empty() && self.rows.is_empty()
@@ -95,6 +101,22 @@ mod tests {
         batch.push(rows(1), 2, now);
         assert!(batch.is_full(3));
         assert_eq!(batch.acks, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_batch_is_due_when_full_or_when_its_oldest_row_has_waited() {
+        let interval = Duration::from_secs(5);
+        let first = Instant::now();
+        let mut batch = Batch::new(3);
+        assert!(
+            !batch.is_due(3, interval, first + interval * 2),
+            "an empty batch is never due"
+        );
+        batch.push(rows(1), 1, first);
+        assert!(!batch.is_due(3, interval, first + Duration::from_secs(4)));
+        assert!(batch.is_due(3, interval, first + interval));
+        batch.push(rows(2), 2, first + Duration::from_secs(1));
+        assert!(batch.is_due(3, interval, first + Duration::from_secs(1)), "full");
     }
 
     #[test]

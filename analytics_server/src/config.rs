@@ -14,6 +14,8 @@ pub const DEFAULTS: &str = include_str!("../analytics.yml");
 pub const ENV_PREFIX: &str = "ANALYTICS";
 /// Environment variable naming the configuration file.
 pub const CONFIG_PATH_VAR: &str = "ANALYTICS_CONFIG";
+/// Shortest accepted `flush_interval_seconds`: a millisecond.
+const MIN_FLUSH_INTERVAL_SECONDS: f64 = 0.001;
 
 /// Everything `analytics_server` can be configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,8 +31,9 @@ pub struct Settings {
     pub clickhouse: ClickHouseSettings,
     /// Rows per INSERT: a batch is flushed as soon as it holds this many rows.
     pub batch_size: usize,
-    /// Longest time, in seconds, a row waits in a partial batch before it is flushed.
-    pub flush_interval_seconds: u64,
+    /// Longest time, in seconds (fractions allowed, e.g. 0.5), a row waits in a partial batch before it is
+    /// flushed.
+    pub flush_interval_seconds: f64,
 }
 
 /// The HTTP API.
@@ -196,8 +199,25 @@ impl Settings {
         if self.batch_size == 0 {
             return invalid("batch_size", "must be at least 1".into());
         }
-        if self.flush_interval_seconds == 0 {
-            return invalid("flush_interval_seconds", "must be at least 1".into());
+        if self.flush_interval_seconds.is_nan() || self.flush_interval_seconds < MIN_FLUSH_INTERVAL_SECONDS {
+            return invalid(
+                "flush_interval_seconds",
+                format!(
+                    "must be at least {MIN_FLUSH_INTERVAL_SECONDS} s, not {}",
+                    self.flush_interval_seconds
+                ),
+            );
+        }
+        // The rows of a partial batch are unacknowledged while they wait: JetStream would redeliver them first.
+        if self.flush_interval_seconds >= self.jetstream.ack_wait_seconds as f64 {
+            return invalid(
+                "flush_interval_seconds",
+                format!(
+                    "must be shorter than jetstream.ack_wait_seconds ({} s), not {} s: JetStream would redeliver \
+                     the rows of a partial batch while they wait",
+                    self.jetstream.ack_wait_seconds, self.flush_interval_seconds
+                ),
+            );
         }
         if self.server.max_batch_events == 0 {
             return invalid("server.max_batch_events", "must be at least 1".into());
@@ -283,9 +303,9 @@ impl Settings {
         Ok(())
     }
 
-    /// The flush interval as a duration.
+    /// The flush interval as a duration (its range is checked when the settings are loaded).
     pub fn flush_interval(&self) -> Duration {
-        Duration::from_secs(self.flush_interval_seconds)
+        Duration::try_from_secs_f64(self.flush_interval_seconds).unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -319,7 +339,7 @@ mod tests {
         let s = Settings::load(None, vars(&[])).expect("shipped config is valid");
         assert_eq!(s.server.port, 6690);
         assert_eq!(s.batch_size, 100);
-        assert_eq!(s.flush_interval_seconds, 30);
+        assert_eq!(s.flush_interval(), Duration::from_secs(30));
         assert_eq!(s.jetstream.stream, "ANALYTICS");
         assert_eq!(
             s.integrations.messaging.subjects.analytics_events,
@@ -348,6 +368,16 @@ mod tests {
     fn unknown_key_stops_start_up_naming_it() {
         let err = Settings::load(None, vars(&[("ANALYTICS__CLICKHOUSE__URI", "x")])).expect_err("unknown");
         assert!(err.to_string().contains("clickhouse.uri"), "{err}");
+    }
+
+    #[test]
+    fn the_flush_interval_may_be_fractional_and_is_refused_by_name_out_of_range() {
+        let s = Settings::load(None, vars(&[("ANALYTICS__FLUSH_INTERVAL_SECONDS", "0.25")])).expect("fractional");
+        assert_eq!(s.flush_interval(), Duration::from_millis(250));
+        for bad in ["0", "-1", "NaN", "60", "600"] {
+            let err = Settings::load(None, vars(&[("ANALYTICS__FLUSH_INTERVAL_SECONDS", bad)])).expect_err(bad);
+            assert!(err.to_string().contains("flush_interval_seconds"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! as seen by queries, in ClickHouse; also accepts events from client apps over HTTP.
 //!
 //! Flow: [`source`] pulls messages → [`pipeline`] decodes ([`decode`]), dead-letters poison ([`dead_letter`])
-//! and batches ([`batcher`]) rows ([`row`]) → [`sink`] inserts into ClickHouse and only then acknowledges.
+//! and batches ([`batcher`]) rows ([`row`]) → [`handoff`] → [`sink`] inserts into ClickHouse and only then acknowledges.
 //! [`startup`] wires it together with the HTTP API ([`http`]); [`schema`] owns the ClickHouse tables.
 
 pub mod batcher;
@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod handoff;
 pub mod http;
 pub mod jetstream;
 pub mod metrics;

@@ -1,13 +1,19 @@
 //! The middle of the ingester: decodes incoming messages, dead-letters poison, and groups rows into batches
 //! handed to the sink.
 //!
-//! It runs until its input channel closes (the source stopped), then flushes what it holds and closes the
-//! sink's channel, so shutdown loses nothing in flight. The sink channel is bounded (one batch queued while one
-//! is inserted), which is the backpressure that stops pulling when ClickHouse is slow or down.
+//! A batch is due at `batch_size` rows or when its oldest row has waited `flush_interval`; it goes to the sink
+//! when the sink next asks for one ([`handoff`](crate::handoff)). Until then it keeps taking rows, up to
+//! `max_batch_rows`; at that ceiling the pipeline stops reading from the source, which is the backpressure that
+//! stops pulling when ClickHouse is slow or down.
+//!
+//! It runs until its input channel closes (the source stopped), then hands over what it holds and drops its
+//! end of the hand-over, so shutdown loses nothing in flight.
 
 use crate::batcher::Batch;
+use crate::config::Settings;
 use crate::dead_letter::DeadLetterWorkers;
 use crate::decode::{decode, subject_mismatch};
+use crate::handoff::Giver;
 use crate::metrics::Metrics;
 use crate::row::{Origin, to_row};
 use crate::source::{Ack, Incoming};
@@ -16,13 +22,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Most messages taken from the source's channel at a time. Taking what is there in one go, rather than one
+/// message per turn of the loop, spares a wake-up and a flush timer armed and disarmed per message while a
+/// backlog drains; a few hundred messages are a few milliseconds of work, so the flush deadline stays exact.
+const INBOX: usize = 256;
+
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// Rows per batch.
+    /// Rows that make a batch due.
     pub batch_size: usize,
-    /// Longest wait of a row in a partial batch.
+    /// Longest wait of a row in a partial batch before the batch is due.
     pub flush_interval: Duration,
+    /// Most rows a due batch takes while it waits for the sink; at least `batch_size`.
+    pub max_batch_rows: usize,
     /// The subject carrying batch requests.
     pub batch_subject: String,
     /// Largest accepted message.
@@ -31,52 +44,82 @@ pub struct PipelineSettings {
     pub stream: String,
 }
 
+impl PipelineSettings {
+    /// The pipeline's part of the service's settings.
+    ///
+    /// `max_batch_rows` is derived, not configured: half of what the consumer may hold unacknowledged, after
+    /// two pulls in flight, so that the batch being inserted and the one growing behind it never stall
+    /// JetStream's delivery (`max_ack_pending` is checked at start-up to be at least
+    /// `3 × batch_size + 2 × pull_batch`, which keeps this at 1.5 × `batch_size` or more).
+    pub fn from_settings(settings: &Settings) -> Self {
+        let js = &settings.jetstream;
+        let room = js.max_ack_pending.saturating_sub(2 * js.pull_batch) / 2;
+        Self {
+            batch_size: settings.batch_size,
+            flush_interval: settings.flush_interval(),
+            max_batch_rows: room.max(settings.batch_size),
+            batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
+            max_message_bytes: js.max_message_bytes,
+            stream: js.stream.clone(),
+        }
+    }
+}
+
 /// Runs the pipeline until `rx` closes.
 pub async fn run(
     settings: PipelineSettings,
     mut rx: mpsc::Receiver<Incoming>,
-    sink: mpsc::Sender<Batch<Ack>>,
+    mut sink: Giver,
     mut dead_letters: Option<DeadLetterWorkers>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Batch<Ack> = Batch::new(settings.batch_size);
+    let mut inbox = Vec::with_capacity(INBOX);
     loop {
         let deadline = batch.deadline(settings.flush_interval);
-        let next = tokio::select! {
+        let due = batch.is_due(settings.batch_size, settings.flush_interval, Instant::now());
+        // Messages to take at most: one event each in the common case, so the ceiling holds closely.
+        let room = settings.max_batch_rows.saturating_sub(batch.rows.len()).min(INBOX);
+        let received = tokio::select! {
             biased;
-            _ = sleep_until(deadline), if deadline.is_some() => {
-                flush(&mut batch, &sink).await;
+            ready = sink.ready(), if due => {
+                hand_over(&mut sink, ready, &mut batch);
                 continue;
             }
-            next = rx.recv() => next,
+            // Only wakes the loop up: the batch is due from now on.
+            _ = sleep_until(deadline), if deadline.is_some() && !due => continue,
+            received = rx.recv_many(&mut inbox, room), if room > 0 => received,
         };
-        let Some(message) = next else { break };
-        handle(&settings, message, &mut batch, dead_letters.as_mut(), &metrics).await;
-        if batch.is_full(settings.batch_size) {
-            flush(&mut batch, &sink).await;
+        if received == 0 {
+            break;
+        }
+        for message in inbox.drain(..) {
+            handle(&settings, message, &mut batch, dead_letters.as_mut(), &metrics).await;
         }
     }
-    flush(&mut batch, &sink).await;
+    if !batch.is_empty() {
+        let ready = sink.ready().await;
+        hand_over(&mut sink, ready, &mut batch);
+    }
     if let Some(dead_letters) = dead_letters.as_mut() {
         dead_letters.drain().await;
     }
     tracing::info!("pipeline drained");
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline).await;
-    }
-}
-
-async fn flush(batch: &mut Batch<Ack>, sink: &mpsc::Sender<Batch<Ack>>) {
-    if batch.is_empty() {
-        return;
-    }
-    if sink.send(batch.take()).await.is_err() {
+/// Gives the batch to the sink, which has asked for it when `ready`.
+fn hand_over(sink: &mut Giver, ready: bool, batch: &mut Batch<Ack>) {
+    let taken = batch.take();
+    if !ready || sink.give(taken).is_err() {
         // The sink only stops after this task does; unreachable short of a panic there. The messages stay
         // unacknowledged and are redelivered.
         tracing::error!("sink is gone; batch left unacknowledged for redelivery");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
     }
 }
 
@@ -153,5 +196,108 @@ async fn handle(
             };
             dead_letters.submit(message, err.reason(), err.to_string()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::{self, Taker};
+    use fechatter_protos::sample_events;
+    use prost::Message as _;
+
+    fn settings(batch_size: usize, max_batch_rows: usize, flush_interval: Duration) -> PipelineSettings {
+        PipelineSettings {
+            batch_size,
+            flush_interval,
+            max_batch_rows,
+            batch_subject: "fechatter.analytics.batch".into(),
+            max_message_bytes: 1 << 20,
+            stream: "ANALYTICS".into(),
+        }
+    }
+
+    fn message(sequence: u64) -> Incoming {
+        let event = sample_events().remove(0);
+        Incoming {
+            subject: "fechatter.analytics.app.start".into(),
+            payload: event.encode_to_vec().into(),
+            headers: None,
+            stream_sequence: sequence,
+            delivered: 1,
+            ack: Ack::None,
+        }
+    }
+
+    /// Starts a pipeline; returns the source's sender, the sink's end and the pipeline task.
+    fn start(settings: PipelineSettings) -> (mpsc::Sender<Incoming>, Taker, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(1000);
+        let (giver, taker) = handoff::channel();
+        let task = tokio::spawn(run(settings, rx, giver, None, Arc::new(Metrics::new())));
+        (tx, taker, task)
+    }
+
+    async fn rows_of(taker: &Taker) -> Option<usize> {
+        taker.next().await.map(|batch| batch.rows.len())
+    }
+
+    #[tokio::test]
+    async fn a_batch_grows_while_the_sink_is_busy_up_to_the_ceiling() {
+        let (tx, taker, task) = start(settings(10, 50, Duration::from_secs(3600)));
+        for sequence in 1..=120 {
+            tx.send(message(sequence)).await.expect("pipeline runs");
+        }
+        // The sink asks only now, as after a long INSERT: the batch has grown past batch_size, to the ceiling.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rows_of(&taker).await, Some(50));
+        assert_eq!(rows_of(&taker).await, Some(50));
+        // 20 left: due (over batch_size), handed over at once.
+        assert_eq!(rows_of(&taker).await, Some(20));
+        drop(tx);
+        assert_eq!(rows_of(&taker).await, None, "the pipeline has finished");
+        task.await.expect("pipeline task");
+    }
+
+    #[tokio::test]
+    async fn a_ready_sink_gets_batch_size_rows_or_what_waited_flush_interval() {
+        let (tx, taker, task) = start(settings(10, 50, Duration::from_millis(200)));
+        let sink = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            while let Some(rows) = rows_of(&taker).await {
+                sizes.push((rows, Instant::now()));
+            }
+            sizes
+        });
+        for sequence in 1..=10 {
+            tx.send(message(sequence)).await.expect("pipeline runs");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let partial_sent = Instant::now();
+        for sequence in 11..=13 {
+            tx.send(message(sequence)).await.expect("pipeline runs");
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        drop(tx);
+        let sizes = sink.await.expect("sink task");
+        assert_eq!(sizes.iter().map(|(rows, _)| *rows).collect::<Vec<_>>(), vec![10, 3]);
+        let waited = sizes[1].1 - partial_sent;
+        assert!(
+            waited >= Duration::from_millis(190) && waited < Duration::from_millis(900),
+            "the partial batch went after its flush interval, not at shutdown: {waited:?}"
+        );
+        task.await.expect("pipeline task");
+    }
+
+    #[tokio::test]
+    async fn shutdown_hands_over_a_partial_batch_at_once() {
+        let (tx, taker, task) = start(settings(10, 50, Duration::from_secs(3600)));
+        for sequence in 1..=4 {
+            tx.send(message(sequence)).await.expect("pipeline runs");
+        }
+        drop(tx);
+        let rows = tokio::time::timeout(Duration::from_secs(5), rows_of(&taker)).await;
+        assert_eq!(rows.expect("not held for the flush interval"), Some(4));
+        assert_eq!(rows_of(&taker).await, None);
+        task.await.expect("pipeline task");
     }
 }

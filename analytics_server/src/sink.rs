@@ -6,6 +6,7 @@
 //! repeated; the ReplacingMergeTree collapses the copies.
 
 use crate::batcher::Batch;
+use crate::handoff::Taker;
 use crate::metrics::Metrics;
 use crate::row::EventRow;
 use crate::schema::EVENTS_TABLE;
@@ -15,7 +16,6 @@ use fechatter_service::error::chain;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -63,15 +63,15 @@ impl ClickHouseSink {
         }
     }
 
-    /// Writes batches from `rx` until it closes.
+    /// Asks `batches` for a batch, stores it, and asks again, until the pipeline has finished.
     ///
     /// A stored batch is acknowledged, and its rows freed, by a task of its own while the next INSERT runs: at
     /// 10,000 rows that took 60-65 ms of a 250 ms INSERT round (`--example ingest_stages`, S4 against S5), time
     /// in which ClickHouse sat idle. One such task at a time, so at most one stored batch waits for its acks;
     /// the last one is awaited before `run` returns, so shutdown acknowledges everything stored.
-    pub async fn run(self, mut rx: mpsc::Receiver<Batch<Ack>>) {
+    pub async fn run(self, batches: Taker) {
         let mut acknowledging: Option<JoinHandle<()>> = None;
-        while let Some(batch) = rx.recv().await {
+        while let Some(batch) = batches.next().await {
             self.store(&batch).await;
             await_acks(acknowledging.take()).await;
             let (nats, metrics) = (self.nats.clone(), Arc::clone(&self.metrics));

@@ -4,6 +4,7 @@
 
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterWorkers, DeadLetters};
+use crate::handoff;
 use crate::http::{self, AppState};
 use crate::jetstream::{SetupError, ensure_all};
 use crate::metrics::Metrics;
@@ -169,7 +170,7 @@ impl Application {
         let js_settings = &settings.jetstream;
         // Bounded so that a slow ClickHouse stops the pulling instead of growing memory.
         let (in_tx, in_rx) = mpsc::channel(js_settings.pull_batch.max(1));
-        let (batch_tx, batch_rx) = mpsc::channel(1);
+        let (batch_giver, batch_taker) = handoff::channel();
 
         if let (Some(consumer), Some(js)) = (state.consumer.clone(), state.jetstream.clone()) {
             tracker.spawn(source::run_jetstream(
@@ -189,17 +190,10 @@ impl Application {
             let letters = DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone());
             DeadLetterWorkers::new(letters, state.metrics.clone(), DEAD_LETTERS_IN_FLIGHT)
         });
-        let pipeline_settings = PipelineSettings {
-            batch_size: settings.batch_size,
-            flush_interval: settings.flush_interval(),
-            batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
-            max_message_bytes: js_settings.max_message_bytes,
-            stream: js_settings.stream.clone(),
-        };
         tracker.spawn(pipeline::run(
-            pipeline_settings,
+            PipelineSettings::from_settings(&settings),
             in_rx,
-            batch_tx,
+            batch_giver,
             dead_letters,
             state.metrics.clone(),
         ));
@@ -213,7 +207,7 @@ impl Application {
             state.metrics.clone(),
             state.nats.clone(),
         );
-        tracker.spawn(sink.run(batch_rx));
+        tracker.spawn(sink.run(batch_taker));
         tracker.close();
 
         tracing::info!(port, "analytics_server listening");

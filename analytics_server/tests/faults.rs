@@ -92,9 +92,13 @@ async fn sigkill_mid_stream_then_restart_stores_every_event_once() {
 #[tokio::test]
 async fn sigterm_flushes_the_partial_batch_and_acknowledges_it() {
     let stack = Stack::start().await;
-    // A flush interval far longer than the test: only the shutdown flush can store these.
+    // A flush interval far longer than the test (and an ack wait longer still, as the settings require): only
+    // the shutdown flush can store these.
     let (mut child, _) = stack
-        .spawn_binary(&[("ANALYTICS__FLUSH_INTERVAL_SECONDS", "600")])
+        .spawn_binary(&[
+            ("ANALYTICS__FLUSH_INTERVAL_SECONDS", "600"),
+            ("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "900"),
+        ])
         .await;
     stack.publish_all(&events(10)).await;
     test_support::wait_until("events pulled", Duration::from_secs(10), || async {

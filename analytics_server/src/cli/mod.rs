@@ -85,8 +85,11 @@ pub async fn run(command: Command) -> anyhow::Result<bool> {
             Ok(report.ok)
         }
         Command::SendTestEvent { timeout_seconds } => {
-            let timeout = timeout_seconds.unwrap_or(settings.flush_interval_seconds + 30);
-            probe::run(&settings, std::time::Duration::from_secs(timeout)).await
+            let timeout = timeout_seconds.map_or(
+                settings.flush_interval() + std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs,
+            );
+            probe::run(&settings, timeout).await
         }
     }
 }
