@@ -977,7 +977,9 @@ async fn run() -> Result<bool> {
             args.max_ack_pending.to_string(),
         ),
         ("ANALYTICS__JETSTREAM__PULL_BATCH".into(), args.pull_batch.to_string()),
-        ("ANALYTICS__FLUSH_INTERVAL_SECONDS".into(), "1".into()),
+        // The backlog's last batch is partial and goes after the flush interval: 50 ms keeps that tail out of
+        // the measured drain. Every other batch goes at `batch_size` rows or larger, whatever the interval.
+        ("ANALYTICS__FLUSH_INTERVAL_SECONDS".into(), "0.05".into()),
     ];
     for (key, value) in &args.service_env {
         vars.retain(|(k, _)| k != key);

@@ -74,10 +74,7 @@ impl ClickHouseServer {
     /// Starts a clickhouse-server and waits until `GET /ping` answers `Ok.`.
     pub async fn start() -> Result<Self> {
         let (program, program_args) = server_program()?;
-        let dir = tempfile::Builder::new()
-            .prefix("test-support-clickhouse-")
-            .tempdir()
-            .context("creating a temporary directory for clickhouse-server")?;
+        let dir = crate::util::temp_dir("test-support-clickhouse-")?;
         std::fs::write(dir.path().join("users.xml"), USERS_XML).context("writing clickhouse users.xml")?;
         let mut server = Self {
             process: None,

@@ -55,4 +55,4 @@ pub use clickhouse::ClickHouseServer;
 pub use nats::NatsServer;
 pub use postgres::{Durability, PostgresServer};
 pub use process::{ChildProcess, cargo_bin};
-pub use util::{free_port, require_program, try_free_port, wait_until, wait_until_ok};
+pub use util::{KEEP_DATA_VAR, free_port, require_program, try_free_port, wait_until, wait_until_ok};

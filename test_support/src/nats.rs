@@ -50,10 +50,7 @@ impl NatsServer {
     /// Starts a server with or without JetStream, trying new ports when the chosen ones were taken.
     async fn start_with(jetstream: bool) -> Result<Self> {
         let program = require_program("nats-server")?;
-        let dir = tempfile::Builder::new()
-            .prefix("test-support-nats-")
-            .tempdir()
-            .context("creating a temporary directory for nats-server")?;
+        let dir = crate::util::temp_dir("test-support-nats-")?;
         let mut server = Self {
             process: None,
             dir,

@@ -54,10 +54,7 @@ impl PostgresServer {
             .find(|p| is_executable(p))
             .or_else(|| find_program("psql"))
             .context("`psql` not found; run scripts/install-deps.sh")?;
-        let dir = tempfile::Builder::new()
-            .prefix("test-support-postgres-")
-            .tempdir()
-            .context("creating a temporary directory for PostgreSQL")?;
+        let dir = crate::util::temp_dir("test-support-postgres-")?;
         let as_postgres_user = is_root();
         let mut server = Self {
             dir,

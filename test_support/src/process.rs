@@ -94,10 +94,7 @@ impl ChildProcess {
     /// replaced.
     pub fn spawn_command(command: Command) -> Result<Self> {
         let name = program_name(&command);
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("test-support-{name}-"))
-            .tempdir()
-            .context("creating a temporary directory for a log")?;
+        let dir = crate::util::temp_dir(&format!("test-support-{name}-"))?;
         let log_path = dir.path().join(format!("{name}.log"));
         let mut process = Self::spawn_logged(command, &log_path)?;
         process.print_log_on_panic = true;

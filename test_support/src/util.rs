@@ -13,6 +13,26 @@ use tokio::time::Instant;
 
 use crate::process::ChildProcess;
 
+/// Set to `1` to keep each server's temporary directory (its data and log) instead of deleting it
+/// when the server is dropped: to look at a failed run, or to keep one benchmark run's clean-up from
+/// slowing the next (see README.md, Benchmarks).
+pub const KEEP_DATA_VAR: &str = "TEST_SUPPORT_KEEP_DATA";
+
+/// Creates a temporary directory named `prefix…`, deleted when dropped unless [`KEEP_DATA_VAR`] is
+/// `1` (then its path is printed to stderr).
+pub(crate) fn temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let keep = std::env::var(KEEP_DATA_VAR).is_ok_and(|v| v == "1");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(keep)
+        .tempdir()
+        .with_context(|| format!("creating a temporary directory {prefix}…"))?;
+    if keep {
+        eprintln!("test_support: {KEEP_DATA_VAR}=1, keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
 /// First delay between two polls of [`wait_until`] and [`wait_until_ok`].
 const FIRST_DELAY: Duration = Duration::from_millis(10);
 /// Largest delay between two polls of [`wait_until`] and [`wait_until_ok`].
