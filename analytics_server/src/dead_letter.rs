@@ -9,6 +9,7 @@
 //! half), so the pipeline hands poison over and moves on, with a bounded number of copies in flight.
 
 use crate::metrics::Metrics;
+use crate::pipeline::log_poison;
 use crate::source::Incoming;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Context};
@@ -91,11 +92,14 @@ impl DeadLetters {
 }
 
 /// Dead-letters poison messages in background tasks, at most `max_in_flight` at a time (then [`submit`] waits,
-/// which is the backpressure). Each task copies the message, then terminates the original and counts it.
+/// which is the backpressure). Each task logs the message, copies it, then terminates the original and counts
+/// it.
 ///
 /// [`submit`]: DeadLetterWorkers::submit
 pub struct DeadLetterWorkers {
-    letters: DeadLetters,
+    /// Shared by the tasks, rather than cloned for each (a JetStream context, a client and two strings): the
+    /// pipeline submits poison on its own serial path.
+    letters: Arc<DeadLetters>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     tasks: JoinSet<()>,
@@ -105,7 +109,7 @@ impl DeadLetterWorkers {
     /// Workers sending through `letters`.
     pub fn new(letters: DeadLetters, metrics: Arc<Metrics>, max_in_flight: usize) -> Self {
         Self {
-            letters,
+            letters: Arc::new(letters),
             metrics,
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             tasks: JoinSet::new(),
@@ -124,6 +128,7 @@ impl DeadLetterWorkers {
         let metrics = self.metrics.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
+            log_poison(&message, reason, &error);
             match letters.send(&message, reason, &error).await {
                 Ok(()) => {
                     if let Err(e) = message.ack.send(letters.client(), AckKind::Term).await {

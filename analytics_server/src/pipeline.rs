@@ -182,21 +182,28 @@ async fn handle(
         }
         Err(err) => {
             metrics.fail(err.reason());
-            tracing::warn!(
-                subject = %message.subject,
-                sequence = message.stream_sequence,
-                delivered = message.delivered,
-                reason = err.reason(),
-                error = %err,
-                "poison message"
-            );
             let Some(dead_letters) = dead_letters else {
-                // Core NATS: nothing can be redelivered or terminated; the count above is the record.
+                // Core NATS: nothing can be redelivered or terminated; the count above and this line are the
+                // record.
+                log_poison(&message, err.reason(), &err.to_string());
                 return;
             };
+            // The dead-letter task logs it: a log line written here held up every good message behind it.
             dead_letters.submit(message, err.reason(), err.to_string()).await;
         }
     }
+}
+
+/// Logs a poison message (one warning each: every one is an event some publisher got wrong).
+pub(crate) fn log_poison(message: &Incoming, reason: &str, error: &str) {
+    tracing::warn!(
+        subject = %message.subject,
+        sequence = message.stream_sequence,
+        delivered = message.delivered,
+        reason,
+        error,
+        "poison message"
+    );
 }
 
 #[cfg(test)]

@@ -478,7 +478,10 @@ struct Drain {
 /// the service and times it until every good event is stored and every bad message dead-lettered.
 async fn drain_backlog(messages: u64, garbage_every: u64, rng: &mut StdRng) -> Drain {
     let stack = Stack::start().await;
-    let config: [(&str, &str); 0] = [];
+    // The backlog's last batch is partial and goes after the flush interval (batches grow past `batch_size`
+    // while an INSERT runs, so they no longer end on a multiple of it): at the harness's 1 s that wait would be
+    // most of a run and decide the rates. 50 ms, as in `ingest_bench`.
+    let config = [("ANALYTICS__FLUSH_INTERVAL_SECONDS", "0.05")];
     analytics_server::jetstream::ensure_all(&stack.js, &stack.settings(&config))
         .await
         .expect("streams and consumer");
@@ -598,16 +601,26 @@ async fn garbage_on_the_subjects_is_dead_lettered() {
     let mut rng = StdRng::seed_from_u64(seed);
 
     // Rates are wall-clock figures on a small shared machine, where one clean run can come out 25 % faster than
-    // the next. So the kinds alternate, clean then garbage, three times; each garbage run is compared with the
-    // clean run just before it, and the median of the three ratios is the figure (one lucky or unlucky run
+    // the next. So the kinds alternate, clean then garbage, five times; each garbage run is compared with the
+    // clean run just before it, and the median of the five ratios is the figure (one lucky or unlucky run
     // cannot decide it).
+    //
+    // Two bars. The ingester's CPU per message (the least of the five runs of each kind, insensitive to the
+    // machine's other load) may grow by at most half with one message in ten bad: measured 30-31 µs clean,
+    // 37-39 µs with garbage (debug build). And the wall-clock ratio must stay at 0.6 or more. It was 0.8 while
+    // clean runs were slow: with 500-row INSERTs they drained 8,300 messages/s here and a dead letter's cost hid
+    // behind them (ratio 0.95-0.99). Since batches grow while an INSERT runs, clean runs drain 28,000-35,000/s
+    // and garbage runs 22,000-29,000/s, both faster, but the fixed cost of a dead letter (a JetStream publish
+    // with six headers, its acknowledgement, then the `Term`: about 100 µs of the ingester's CPU, against 30 µs
+    // for a stored event) now shows, on two cores shared with NATS and ClickHouse: medians of 0.65-0.79 in nine
+    // runs, single rounds 0.57-0.99.
     let mut clean_rates = Vec::new();
     let mut garbage_rates = Vec::new();
     let mut garbage_event_rate: f64 = 0.0;
     let mut clean_event_rate: f64 = 0.0;
     let mut dead_lettered = 0;
     let (mut clean_cpu, mut garbage_cpu) = (f64::MAX, f64::MAX);
-    for round in 0..3 {
+    for round in 0..5 {
         let mut clean = drain_backlog(messages, 0, &mut rng).await;
         let physical = assert_exactly_once(&clean.stack, clean.good).await;
         assert_eq!(physical, clean.good, "no event was inserted twice");
@@ -658,7 +671,11 @@ async fn garbage_on_the_subjects_is_dead_lettered() {
         ms(wall.elapsed())
     );
     assert!(
-        ratio >= 0.8,
+        garbage_cpu <= 1.5 * clean_cpu,
+        "the ingester's CPU per message with 10 % garbage is {garbage_cpu:.0} µs against {clean_cpu:.0} µs clean"
+    );
+    assert!(
+        ratio >= 0.6,
         "throughput with 10 % garbage is {ratio:.2} of a clean run (median of {ratios:?}; {garbage_rate:.0} vs \
          {clean_rate:.0} messages/s)"
     );
