@@ -29,7 +29,7 @@ pub struct Settings {
     pub jetstream: JetStreamSettings,
     /// Where events are stored.
     pub clickhouse: ClickHouseSettings,
-    /// Rows per INSERT: a batch is flushed as soon as it holds this many rows.
+    /// Rows that make a batch due for its INSERT; a due batch keeps growing while the previous INSERT runs.
     pub batch_size: usize,
     /// Longest time, in seconds (fractions allowed, e.g. 0.5), a row waits in a partial batch before it is
     /// flushed.

@@ -9,7 +9,6 @@
 //! half), so the pipeline hands poison over and moves on, with a bounded number of copies in flight.
 
 use crate::metrics::Metrics;
-use crate::pipeline::log_poison;
 use crate::source::Incoming;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Context};
@@ -28,6 +27,18 @@ pub const HEADER_REASON: &str = "Fechatter-Error-Reason";
 pub const HEADER_DELIVERED: &str = "Fechatter-Delivery-Count";
 /// Header holding the original stream sequence.
 pub const HEADER_SEQUENCE: &str = "Fechatter-Stream-Sequence";
+
+/// Logs a poison message (one warning each: every one is an event some publisher got wrong).
+pub(crate) fn log_poison(message: &Incoming, reason: &str, error: &str) {
+    tracing::warn!(
+        subject = %message.subject,
+        sequence = message.stream_sequence,
+        delivered = message.delivered,
+        reason,
+        error,
+        "poison message"
+    );
+}
 
 /// Publishes dead letters.
 #[derive(Clone)]

@@ -55,7 +55,6 @@ impl Giver {
 }
 
 /// The sink's end: asks for the next batch.
-#[derive(Clone)]
 pub struct Taker {
     requests: mpsc::Sender<Request>,
 }

@@ -11,7 +11,7 @@
 
 use crate::batcher::Batch;
 use crate::config::Settings;
-use crate::dead_letter::DeadLetterWorkers;
+use crate::dead_letter::{DeadLetterWorkers, log_poison};
 use crate::decode::{decode, subject_mismatch};
 use crate::handoff::Giver;
 use crate::metrics::Metrics;
@@ -192,18 +192,6 @@ async fn handle(
             dead_letters.submit(message, err.reason(), err.to_string()).await;
         }
     }
-}
-
-/// Logs a poison message (one warning each: every one is an event some publisher got wrong).
-pub(crate) fn log_poison(message: &Incoming, reason: &str, error: &str) {
-    tracing::warn!(
-        subject = %message.subject,
-        sequence = message.stream_sequence,
-        delivered = message.delivered,
-        reason,
-        error,
-        "poison message"
-    );
 }
 
 #[cfg(test)]
