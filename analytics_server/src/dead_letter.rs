@@ -41,7 +41,6 @@ pub(crate) fn log_poison(message: &Incoming, reason: &str, error: &str) {
 }
 
 /// Publishes dead letters.
-#[derive(Clone)]
 pub struct DeadLetters {
     js: Context,
     client: async_nats::Client,

@@ -242,8 +242,13 @@ mod tests {
         for sequence in 1..=120 {
             tx.send(message(sequence)).await.expect("pipeline runs");
         }
-        // The sink asks only now, as after a long INSERT: the batch has grown past batch_size, to the ceiling.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The sink asks only once the pipeline has stopped reading at the ceiling (70 messages left in the
+        // channel), as after a long INSERT: the batch has grown past batch_size, to the ceiling.
+        test_support::wait_until("the pipeline stops at the ceiling", Duration::from_secs(10), || async {
+            (tx.capacity() == 1000 - 70).then_some(())
+        })
+        .await
+        .expect("the pipeline reads 50 messages, then no more");
         assert_eq!(rows_of(&taker).await, Some(50));
         assert_eq!(rows_of(&taker).await, Some(50));
         // 20 left: due (over batch_size), handed over at once.

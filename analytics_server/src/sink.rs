@@ -150,10 +150,8 @@ impl ClickHouseSink {
 
     async fn signal_progress(&self, acks: &[Ack]) {
         let Some(nats) = &self.nats else { return };
-        for ack in acks {
-            let _ = ack.send(nats, AckKind::Progress).await;
-        }
-        let _ = nats.flush().await;
+        // A lost progress signal is made up by the next one, a third of the ack wait later.
+        send_all(nats, acks, AckKind::Progress, |_| {}).await;
     }
 
     fn observe_latency(&self, rows: &[EventRow]) {
@@ -171,11 +169,24 @@ impl ClickHouseSink {
 /// Acknowledges the messages of the stored `batch` over `nats` (nothing to do over core NATS), then frees it.
 async fn acknowledge(nats: Option<async_nats::Client>, metrics: Arc<Metrics>, batch: Batch<Ack>) {
     let Some(nats) = nats else { return };
-    for ack in &batch.acks {
-        if let Err(err) = ack.send(&nats, AckKind::Ack).await {
-            // The row is stored; a redelivery will be inserted again and collapse into it.
-            metrics.fail("ack");
-            tracing::warn!(error = %err, "failed to acknowledge a stored message");
+    send_all(&nats, &batch.acks, AckKind::Ack, |err| {
+        // The row is stored; a redelivery will be inserted again and collapse into it.
+        metrics.fail("ack");
+        tracing::warn!(error = %err, "failed to acknowledge a stored message");
+    })
+    .await;
+}
+
+/// Sends `kind` for each of `acks`, handing failures to `on_error`, then flushes so they leave at once.
+async fn send_all(
+    nats: &async_nats::Client,
+    acks: &[Ack],
+    kind: AckKind,
+    mut on_error: impl FnMut(async_nats::PublishError),
+) {
+    for ack in acks {
+        if let Err(err) = ack.send(nats, kind).await {
+            on_error(err);
         }
     }
     let _ = nats.flush().await;
