@@ -146,8 +146,6 @@ async fn main() -> Result<()> {
             args.max_ack_pending.to_string(),
         ),
         ("ANALYTICS__JETSTREAM__PULL_BATCH".into(), args.pull_batch.to_string()),
-        // As in ingest_bench: the backlog's partial last batch waits only 50 ms.
-        ("ANALYTICS__FLUSH_INTERVAL_SECONDS".into(), "0.05".into()),
     ];
     let settings = Settings::load(None, vars)?;
     let client = async_nats::connect(nats.url()).await?;

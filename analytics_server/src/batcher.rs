@@ -1,5 +1,6 @@
 //! Accumulates decoded rows with the acknowledgements of the messages that carried them, and decides when a
-//! batch is due: at `batch_size` rows or when the oldest row has waited `flush_interval`, whichever comes first.
+//! batch is due: at `batch_size` rows, when the oldest row has waited `flush_interval`, or when the backlog it was
+//! filled from has drained, whichever comes first.
 //!
 //! Pure (no I/O, generic over the acknowledgement handle) so the flush policy is unit-tested directly.
 
@@ -18,6 +19,10 @@ pub struct Batch<A> {
     opened_at: Option<Instant>,
     /// Rows reserved when the first message arrives: `batch_size`, what a busy batch grows to anyway.
     capacity: usize,
+    /// Whether a message of this batch arrived with others waiting behind it in the stream.
+    from_backlog: bool,
+    /// Whether the last message arrived with none waiting behind it.
+    caught_up: bool,
 }
 
 impl<A> Batch<A> {
@@ -30,7 +35,26 @@ impl<A> Batch<A> {
             acks: Vec::new(),
             opened_at: None,
             capacity,
+            from_backlog: false,
+            caught_up: false,
         }
+    }
+
+    /// Records how many messages the stream still held behind the last message received (`pending`), whether
+    /// or not that message added rows.
+    ///
+    /// A batch filled from a backlog is due as soon as the backlog is drained: the flush interval is there to
+    /// gather events that trickle in, and waiting it out after a backlog only delays the backlog's last events
+    /// (with an interval of seconds, by as much as it took to drain 200,000 events). Events that trickle in
+    /// arrive with nothing behind them, so their batches still wait for `batch_size` rows or the interval.
+    pub fn note_pending(&mut self, pending: u64) {
+        self.from_backlog |= pending > 0;
+        self.caught_up = pending == 0;
+    }
+
+    /// True when this batch was filled from a backlog that has now drained (see [`Self::note_pending`]).
+    pub fn backlog_drained(&self) -> bool {
+        self.from_backlog && self.caught_up && !self.is_empty()
     }
 
     /// Adds the rows of one message and its acknowledgement handle; returns how many rows it added.
@@ -50,10 +74,12 @@ impl<A> Batch<A> {
         self.rows.len() >= batch_size
     }
 
-    /// True when the batch should go to the sink: `batch_size` rows or more, or a row older than
-    /// `flush_interval`.
+    /// True when the batch should go to the sink: `batch_size` rows or more, a row older than `flush_interval`,
+    /// or the backlog it was filled from drained.
     pub fn is_due(&self, batch_size: usize, flush_interval: Duration, now: Instant) -> bool {
-        self.is_full(batch_size) || self.deadline(flush_interval).is_some_and(|deadline| deadline <= now)
+        self.is_full(batch_size)
+            || self.backlog_drained()
+            || self.deadline(flush_interval).is_some_and(|deadline| deadline <= now)
     }
 
     /// True when nothing (not even a message without rows) is held.
@@ -117,6 +143,42 @@ mod tests {
         assert!(batch.is_due(3, interval, first + interval));
         batch.push(rows(2), 2, first + Duration::from_secs(1));
         assert!(batch.is_due(3, interval, first + Duration::from_secs(1)), "full");
+    }
+
+    #[test]
+    fn a_batch_filled_from_a_backlog_is_due_once_the_backlog_is_drained() {
+        let interval = Duration::from_secs(60);
+        let now = Instant::now();
+        let mut batch = Batch::new(100);
+        for pending in [5, 4, 3, 2, 1] {
+            batch.note_pending(pending);
+            batch.push(rows(1), pending, now);
+            assert!(!batch.is_due(100, interval, now), "{pending} more waiting");
+        }
+        batch.note_pending(0);
+        batch.push(rows(1), 0, now);
+        assert!(batch.is_due(100, interval, now), "the last of the backlog");
+        assert!(batch.take().backlog_drained());
+        batch.note_pending(0);
+        assert!(!batch.is_due(100, interval, now), "empty: nothing to hand over");
+        batch.push(rows(1), 9, now);
+        assert!(
+            !batch.is_due(100, interval, now),
+            "the next batch starts afresh: its event trickled in"
+        );
+    }
+
+    #[test]
+    fn events_that_trickle_in_wait_for_batch_size_or_the_interval() {
+        let interval = Duration::from_secs(60);
+        let now = Instant::now();
+        let mut batch = Batch::new(100);
+        for ack in 0..10 {
+            batch.note_pending(0);
+            batch.push(rows(1), ack, now);
+        }
+        assert!(!batch.is_due(100, interval, now + Duration::from_secs(59)));
+        assert!(batch.is_due(100, interval, now + interval));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Incoming {
     pub stream_sequence: u64,
     /// How many times JetStream has delivered it (1 over core NATS).
     pub delivered: i64,
+    /// Messages JetStream still held for the consumer, undelivered, when it sent this one: the backlog behind
+    /// it (0 over core NATS, which has none).
+    pub pending: u64,
     /// How to acknowledge it.
     pub ack: Ack,
 }
@@ -114,10 +117,10 @@ pub async fn run_jetstream(
                         failed = false;
                         backoff = Duration::from_millis(100);
                     }
-                    let (stream_sequence, delivered) = message
+                    let (stream_sequence, delivered, pending) = message
                         .info()
-                        .map(|i| (i.stream_sequence, i.delivered))
-                        .unwrap_or((0, 1));
+                        .map(|i| (i.stream_sequence, i.delivered, i.pending))
+                        .unwrap_or((0, 1, 0));
                     let message: async_nats::Message = message.into();
                     let Some(reply) = message.reply.clone() else {
                         tracing::warn!(subject = %message.subject, "JetStream message without a reply subject");
@@ -129,6 +132,7 @@ pub async fn run_jetstream(
                         headers: message.headers,
                         stream_sequence,
                         delivered,
+                        pending,
                         ack: Ack::JetStream(reply),
                     };
                     if tx.send(incoming).await.is_err() {
@@ -178,6 +182,7 @@ pub async fn run_core(
             headers: message.headers,
             stream_sequence: 0,
             delivered: 1,
+            pending: 0,
             ack: Ack::None,
         };
         if tx.send(incoming).await.is_err() {

@@ -199,3 +199,28 @@ async fn core_nats_mode_stores_events_published_while_it_runs() {
     stack.wait_for_rows(5, WAIT).await;
     app.stop().await;
 }
+
+/// The last, partial batch of a backlog goes once the backlog has drained, not after `flush_interval_seconds`
+/// (50 s here); an event that trickles in afterwards still waits for `batch_size` rows or the interval.
+#[tokio::test]
+async fn a_backlog_ends_without_waiting_for_the_flush_interval() {
+    let stack = Stack::start().await;
+    let settings = [("ANALYTICS__FLUSH_INTERVAL_SECONDS", "50")];
+    // A first start creates the stream and the consumer; the backlog builds up while no ingester runs.
+    stack.run_in_process(&settings).await.stop().await;
+    stack.publish_all(&events(1234)).await;
+    let started = std::time::Instant::now();
+    let app = stack.run_in_process(&settings).await;
+    stack.wait_for_rows(1234, Duration::from_secs(20)).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+
+    stack.publish_all(&events(1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stack.count_final().await,
+        1234,
+        "a lone event waits for more rows or the interval"
+    );
+    app.stop().await;
+    assert_eq!(stack.count_final().await, 1235, "shutdown flushes it");
+}

@@ -180,6 +180,40 @@ async fn two_relays_at_once_publish_every_event_once() {
     let _ = handle.await;
 }
 
+/// An event that cannot be published (here: no stream covers its subject) stays in the outbox and holds up no
+/// other: the rows published in the same relay round are deleted, the rest kept for later rounds.
+#[tokio::test]
+async fn a_row_that_cannot_be_published_holds_up_no_other() {
+    let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "300")]).await;
+    let alice = app.signup("Alice", "Acme").await;
+    let nats = async_nats::connect(app.nats.url()).await.expect("connect");
+    let files = async_nats::jetstream::new(nats)
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "FILES_ONLY".into(),
+            subjects: vec!["fechatter.analytics.file.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    for n in 0..3 {
+        act(&app, &alice, n).await;
+    }
+    wait_until("file events published", Duration::from_secs(15), || async {
+        app.outbox_events("fechatter.analytics.file.uploaded")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await
+    .expect("the file events left the outbox");
+    let mut info = files.clone();
+    assert_eq!(info.info().await.expect("info").state.messages, 3);
+    let kept = app.outbox_events("fechatter.analytics.user.register").await;
+    assert_eq!(kept.len(), 1, "the sign-up's event waits for a stream that covers it");
+    assert_eq!(kept[0].user_id(), alice.id.to_string());
+    assert!(app.metrics().await.contains("publish_failures"), "failures are counted");
+}
+
 #[tokio::test]
 async fn with_analytics_disabled_no_events_are_written() {
     let app = TestApp::start(&[("FECHATTER__FEATURES__MESSAGING__ENABLED", "false")]).await;
