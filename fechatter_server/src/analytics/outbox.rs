@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row as _};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -112,17 +112,7 @@ pub struct Round {
     pub published: usize,
 }
 
-/// Publishes up to `batch_size` outbox rows and deletes those JetStream acknowledged.
-///
-/// The rows are claimed by deleting them, in one statement (`DELETE … RETURNING`, `SKIP LOCKED` so that the
-/// relays of other instances take other rows), and the transaction commits once every row was acknowledged:
-/// one write per row instead of a row lock and then a delete. When some were not acknowledged, the claim is
-/// rolled back and only the acknowledged rows are deleted, so a row that cannot be published never holds up
-/// the others (between the two, another relay may publish an acknowledged row again; `Nats-Msg-Id` drops it).
-///
-/// The commit does not wait for the disk (`synchronous_commit = off`): a delete lost in a crash only makes the
-/// relay publish its rows again, which JetStream's dedup window and ClickHouse's `event_id` key absorb; the
-/// rows themselves were committed durably with the change they describe.
+/// Publishes up to `batch_size` outbox rows and deletes those JetStream acknowledged, in one transaction.
 pub async fn relay_once(
     pool: &PgPool,
     publisher: &AnalyticsPublisher,
@@ -130,32 +120,25 @@ pub async fn relay_once(
     metrics: &Metrics,
 ) -> Result<Round, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
+    let rows = sqlx::query("SELECT id, payload FROM analytics_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
+        .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
         .await?;
-    let mut rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-        "DELETE FROM analytics_outbox WHERE id = ANY(ARRAY( \
-             SELECT id FROM analytics_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) \
-         RETURNING id, payload",
-    )
-    .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
-    .fetch_all(&mut *tx)
-    .await?;
-    // `RETURNING` follows no order; events go out in the order they were written.
-    rows.sort_unstable_by_key(|(id, _)| *id);
     let mut ids = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
     let mut undecodable = Vec::new();
-    for (id, payload) in &rows {
+    for row in &rows {
+        let id: i64 = row.try_get("id")?;
+        let payload: Vec<u8> = row.try_get("payload")?;
         match AnalyticsEvent::decode(payload.as_slice()) {
             Ok(event) => {
-                ids.push(*id);
+                ids.push(id);
                 events.push(event);
             }
             Err(err) => {
                 // Only this server writes the outbox, so this means a corrupted row: drop it, loudly.
                 tracing::error!(id, error = %err, "undecodable outbox row deleted");
-                undecodable.push(*id);
+                undecodable.push(id);
             }
         }
     }
@@ -176,17 +159,13 @@ pub async fn relay_once(
     }
     if let Some(error) = first_error {
         tracing::warn!(failed, error = %error, "analytics events not published; kept in the outbox");
-        tx.rollback().await?;
-        if !done.is_empty() {
-            sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")
-                .bind(&done)
-                .execute(pool)
-                .await?;
-        }
-    } else {
-        tx.commit().await?;
     }
     let published = results.iter().filter(|r| r.is_ok()).count();
+    sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")
+        .bind(&done)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
     metrics.events_published.inc_by(published as u64);
     Ok(Round {
         claimed: rows.len(),
