@@ -1241,9 +1241,9 @@ fn print_summary(args: &Args, publish_rate: f64, build_rate: f64, rounds: &[Roun
         );
     }
     if ratio_a >= TARGET_RATIO {
-        println!("TARGET MET: c/a = {ratio_a:.2} >= {TARGET_RATIO}");
+        println!("TARGET MET: c/a = {ratio_a:.3} >= {TARGET_RATIO}");
     } else {
-        println!("TARGET MISSED: c/a = {ratio_a:.2} < {TARGET_RATIO}");
+        println!("TARGET MISSED: c/a = {ratio_a:.3} < {TARGET_RATIO}");
     }
     if !all_once {
         println!("EXACTLY-ONCE VIOLATED: count() FINAL or uniqExact(event_id) differs from {n}");

@@ -1,6 +1,6 @@
 //! Accumulates decoded rows with the acknowledgements of the messages that carried them, and decides when a
-//! batch is due: at `batch_size` rows, when the oldest row has waited `flush_interval`, or when the backlog it was
-//! filled from has drained, whichever comes first.
+//! batch is due: at `batch_size` rows, when the oldest row has waited `flush_interval`, or when a backlog of
+//! `batch_size` messages or more has drained, whichever comes first.
 //!
 //! Pure (no I/O, generic over the acknowledgement handle) so the flush policy is unit-tested directly.
 
@@ -19,8 +19,9 @@ pub struct Batch<A> {
     opened_at: Option<Instant>,
     /// Rows reserved when the first message arrives: `batch_size`, what a busy batch grows to anyway.
     capacity: usize,
-    /// Whether a message of this batch arrived with others waiting behind it in the stream.
-    from_backlog: bool,
+    /// Whether a backlog of `batch_size` messages or more has been seen, by this batch or the ones before it,
+    /// and has not drained since.
+    in_backlog: bool,
     /// Whether the last message arrived with none waiting behind it.
     caught_up: bool,
 }
@@ -35,7 +36,7 @@ impl<A> Batch<A> {
             acks: Vec::new(),
             opened_at: None,
             capacity,
-            from_backlog: false,
+            in_backlog: false,
             caught_up: false,
         }
     }
@@ -43,18 +44,19 @@ impl<A> Batch<A> {
     /// Records how many messages the stream still held behind the last message received (`pending`), whether
     /// or not that message added rows.
     ///
-    /// A batch filled from a backlog is due as soon as the backlog is drained: the flush interval is there to
+    /// The last batch of a backlog is due as soon as the backlog has drained: the flush interval is there to
     /// gather events that trickle in, and waiting it out after a backlog only delays the backlog's last events
-    /// (with an interval of seconds, by as much as it took to drain 200,000 events). Events that trickle in
-    /// arrive with nothing behind them, so their batches still wait for `batch_size` rows or the interval.
-    pub fn note_pending(&mut self, pending: u64) {
-        self.from_backlog |= pending > 0;
+    /// (with an interval of seconds, by as much as it took to drain 200,000 events). A backlog counts once
+    /// `batch_size` messages or more waited: events that trickle in, or come in bursts smaller than a batch,
+    /// still wait for `batch_size` rows or the interval, as configured, instead of making an INSERT per burst.
+    pub fn note_pending(&mut self, pending: u64, batch_size: usize) {
+        self.in_backlog |= pending >= batch_size as u64;
         self.caught_up = pending == 0;
     }
 
-    /// True when this batch was filled from a backlog that has now drained (see [`Self::note_pending`]).
+    /// True when this batch ends a backlog that has now drained (see [`Self::note_pending`]).
     pub fn backlog_drained(&self) -> bool {
-        self.from_backlog && self.caught_up && !self.is_empty()
+        self.in_backlog && self.caught_up && !self.is_empty()
     }
 
     /// Adds the rows of one message and its acknowledgement handle; returns how many rows it added.
@@ -92,9 +94,11 @@ impl<A> Batch<A> {
         self.opened_at.map(|t| t + flush_interval)
     }
 
-    /// Takes the batch out, leaving an empty one of the same capacity.
+    /// Takes the batch out, leaving an empty one of the same capacity, which carries on a backlog that has not
+    /// drained yet.
     pub fn take(&mut self) -> Self {
-        let empty = Self::new(self.capacity);
+        let mut empty = Self::new(self.capacity);
+        empty.in_backlog = self.in_backlog && !self.caught_up;
         std::mem::replace(self, empty)
     }
 }
@@ -146,36 +150,44 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_filled_from_a_backlog_is_due_once_the_backlog_is_drained() {
+    fn the_last_batch_of_a_backlog_is_due_once_the_backlog_has_drained() {
         let interval = Duration::from_secs(60);
         let now = Instant::now();
-        let mut batch = Batch::new(100);
-        for pending in [5, 4, 3, 2, 1] {
-            batch.note_pending(pending);
+        let mut batch = Batch::new(3);
+        for pending in [10, 9, 8] {
+            batch.note_pending(pending, 3);
             batch.push(rows(1), pending, now);
-            assert!(!batch.is_due(100, interval, now), "{pending} more waiting");
         }
-        batch.note_pending(0);
+        assert!(batch.is_due(3, interval, now), "full");
+        assert!(!batch.backlog_drained());
+        let _ = batch.take();
+        batch.note_pending(1, 3);
+        batch.push(rows(1), 1, now);
+        assert!(!batch.is_due(3, interval, now), "one more waiting");
+        batch.note_pending(0, 3);
         batch.push(rows(1), 0, now);
-        assert!(batch.is_due(100, interval, now), "the last of the backlog");
+        assert!(
+            batch.is_due(3, interval, now),
+            "the last of the backlog, in the batch after the one that saw it"
+        );
         assert!(batch.take().backlog_drained());
-        batch.note_pending(0);
-        assert!(!batch.is_due(100, interval, now), "empty: nothing to hand over");
+        batch.note_pending(0, 3);
+        assert!(!batch.is_due(3, interval, now), "empty: nothing to hand over");
         batch.push(rows(1), 9, now);
         assert!(
-            !batch.is_due(100, interval, now),
-            "the next batch starts afresh: its event trickled in"
+            !batch.is_due(3, interval, now),
+            "the backlog is over: this event trickled in"
         );
     }
 
     #[test]
-    fn events_that_trickle_in_wait_for_batch_size_or_the_interval() {
+    fn events_that_trickle_in_or_come_in_small_bursts_wait_for_batch_size_or_the_interval() {
         let interval = Duration::from_secs(60);
         let now = Instant::now();
         let mut batch = Batch::new(100);
-        for ack in 0..10 {
-            batch.note_pending(0);
-            batch.push(rows(1), ack, now);
+        for pending in [0, 0, 3, 2, 1, 0, 0] {
+            batch.note_pending(pending, 100);
+            batch.push(rows(1), pending, now);
         }
         assert!(!batch.is_due(100, interval, now + Duration::from_secs(59)));
         assert!(batch.is_due(100, interval, now + interval));

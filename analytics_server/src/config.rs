@@ -32,7 +32,7 @@ pub struct Settings {
     /// Rows that make a batch due for its INSERT; a due batch keeps growing while the previous INSERT runs.
     pub batch_size: usize,
     /// Longest time, in seconds (fractions allowed, e.g. 0.5), a row waits in a partial batch before it is
-    /// flushed (a batch filled from a backlog goes as soon as the backlog has drained).
+    /// flushed (the last batch of a backlog of `batch_size` messages or more goes as soon as it has drained).
     pub flush_interval_seconds: f64,
 }
 

@@ -1,9 +1,9 @@
 //! The middle of the ingester: decodes incoming messages, dead-letters poison, and groups rows into batches
 //! handed to the sink.
 //!
-//! A batch is due at `batch_size` rows, when its oldest row has waited `flush_interval`, or when the backlog it
-//! was filled from has drained (JetStream tells each message's backlog); it goes to the sink when the sink next
-//! asks for one ([`handoff`](crate::handoff)). Until then it keeps taking rows, up to
+//! A batch is due at `batch_size` rows, when its oldest row has waited `flush_interval`, or when a backlog of
+//! `batch_size` messages or more has drained (JetStream tells each message's backlog); it goes to the sink when
+//! the sink next asks for one ([`handoff`](crate::handoff)). Until then it keeps taking rows, up to
 //! `max_batch_rows`; at that ceiling the pipeline stops reading from the source, which is the backpressure that
 //! stops pulling when ClickHouse is slow or down.
 //!
@@ -139,7 +139,7 @@ async fn handle(
     metrics: &Metrics,
 ) {
     metrics.messages_received.inc();
-    batch.note_pending(message.pending);
+    batch.note_pending(message.pending, settings.batch_size);
     tracing::debug!(
         "📨 Received analytics event from subject: {} (size: {} bytes)",
         message.subject,
@@ -294,13 +294,17 @@ mod tests {
     #[tokio::test]
     async fn the_end_of_a_backlog_goes_without_waiting_for_the_flush_interval() {
         let (tx, taker, task) = start(settings(100, 500, Duration::from_secs(3600)));
-        for sequence in 1..=30 {
+        for sequence in 1..=130 {
             let mut m = message(sequence);
-            m.pending = 30 - sequence;
+            m.pending = 130 - sequence;
             tx.send(m).await.expect("pipeline runs");
         }
-        let rows = tokio::time::timeout(Duration::from_secs(5), rows_of(&taker)).await;
-        assert_eq!(rows.expect("handed over once the backlog drained"), Some(30));
+        let mut stored = 0;
+        while stored < 130 {
+            let rows = tokio::time::timeout(Duration::from_secs(5), rows_of(&taker)).await;
+            stored += rows.expect("handed over once the backlog drained").expect("a batch");
+        }
+        assert_eq!(stored, 130);
         drop(tx);
         assert_eq!(rows_of(&taker).await, None);
         task.await.expect("pipeline task");
