@@ -77,7 +77,7 @@ impl<A> Batch<A> {
     }
 
     /// True when the batch should go to the sink: `batch_size` rows or more, a row older than `flush_interval`,
-    /// or the backlog it was filled from drained.
+    /// or the end of a backlog that has drained ([`Self::backlog_drained`]).
     pub fn is_due(&self, batch_size: usize, flush_interval: Duration, now: Instant) -> bool {
         self.is_full(batch_size)
             || self.backlog_drained()
