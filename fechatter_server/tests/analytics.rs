@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestApp, User, create_analytics_stream};
+use common::{TestApp, User, create_analytics_stream, sample};
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use reqwest::StatusCode;
@@ -211,7 +211,12 @@ async fn a_row_that_cannot_be_published_holds_up_no_other() {
     let kept = app.outbox_events("fechatter.analytics.user.register").await;
     assert_eq!(kept.len(), 1, "the sign-up's event waits for a stream that covers it");
     assert_eq!(kept[0].user_id(), alice.id.to_string());
-    assert!(app.metrics().await.contains("publish_failures"), "failures are counted");
+    let metrics = app.metrics().await;
+    assert!(
+        sample(&metrics, "fechatter_analytics_publish_failures_total") >= 1.0,
+        "failures are counted: {metrics}"
+    );
+    assert_eq!(sample(&metrics, "fechatter_analytics_events_published_total"), 3.0);
 }
 
 #[tokio::test]

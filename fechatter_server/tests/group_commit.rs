@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestApp, User};
+use common::{TestApp, User, sample};
 use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{AnalyticsEvent, EventContext, MessageSentEvent};
 use fechatter_server::analytics::outbox::OutboxRow;
@@ -135,14 +135,6 @@ async fn a_send_that_fails_the_shared_statement_fails_alone() {
     assert!(outcomes[1].is_err(), "{:?}", outcomes[1]);
     assert_eq!(created(&outcomes[2]).1, "after");
     assert_eq!(written(&app).await, (2, 2, 2), "messages, events, notices");
-}
-
-/// A Prometheus sample of `metrics` (0 when absent).
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

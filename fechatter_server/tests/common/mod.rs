@@ -54,6 +54,14 @@ pub async fn create_analytics_stream(nats_url: &str) -> async_nats::jetstream::s
         .expect("stream")
 }
 
+/// A Prometheus sample of `metrics` (0 when absent).
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 impl TestApp {
     /// Starts PostgreSQL, NATS and the service with `extra` environment overrides.
     pub async fn start(extra: &[(&str, &str)]) -> TestApp {
