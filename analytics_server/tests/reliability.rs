@@ -240,24 +240,9 @@ fn rows_in_log(child: &ChildProcess) -> u64 {
         .sum()
 }
 
-/// CPU seconds (user + system) used by process `pid` so far, from `/proc/<pid>/stat`.
+/// CPU seconds (user + system) used by process `pid` so far.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // The command name (field 2) may hold spaces; fields after its closing parenthesis start at field 3.
-    let after_name = &stat[stat.rfind(')').expect("stat has the command name") + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |field: usize| fields[field - 3].parse::<u64>().expect("a tick count");
-    (ticks(14) + ticks(15)) as f64 / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    test_support::cpu::process_cpu_seconds(pid).expect("the process is still there")
 }
 
 /// The durable consumer as JetStream sees it.

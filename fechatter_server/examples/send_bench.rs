@@ -5,7 +5,9 @@
 //! 2. `POST /api/chats/{id}/messages` with analytics off, then on (the event written to the outbox in the same
 //!    transaction, relayed to JetStream), with C concurrent clients.
 //!
-//! It prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5).
+//! It prints sends/s, p50/p99 latency, and the ratios on/off (target ≥ 0.9) and on/raw (target ≥ 0.5); and for
+//! every step the CPU each program used per send (PostgreSQL's processes, nats-server, and this process, which
+//! holds both the server and its clients) and how busy the machine was.
 //!
 //! PostgreSQL runs with its default, production durability (`--durability on`): a commit returns once it is on
 //! disk, so "insert + commit" means what it means in production. `--durability off` runs with the tests'
@@ -20,6 +22,7 @@ use fechatter_server::config::Settings;
 use fechatter_server::startup::Application;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::cpu::{CpuSnapshot, CpuUse, Timed};
 use test_support::{Durability, NatsServer, PostgresServer};
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +87,18 @@ impl Figures {
     }
 }
 
+/// Each program's CPU microseconds per send (`send_bench` holds both the server and its clients), and how busy
+/// the machine was: where the CPU of a send goes, and whether the step was short of it.
+fn per_send(cpu: &CpuUse, sends: usize) -> String {
+    let mut parts: Vec<String> = cpu
+        .programs
+        .iter()
+        .map(|(name, seconds, _)| format!("{name} {:.0}", seconds * 1e6 / sends as f64))
+        .collect();
+    parts.push(format!("all {:.0}", cpu.ours * 1e6 / sends as f64));
+    parts.join(", ")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -92,7 +107,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn raw_insert_rate(url: &str, total: usize, clients: usize) -> anyhow::Result<Figures> {
+async fn raw_insert_rate(
+    postgres: &PostgresServer,
+    url: &str,
+    total: usize,
+    clients: usize,
+) -> anyhow::Result<(Figures, CpuUse)> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(u32::try_from(clients)?)
         .connect(url)
@@ -101,6 +121,7 @@ async fn raw_insert_rate(url: &str, total: usize, clients: usize) -> anyhow::Res
         .execute(&pool)
         .await?;
     let per = total / clients;
+    let cpu = CpuSnapshot::take_with(postgres.pid().as_slice());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -125,13 +146,16 @@ async fn raw_insert_rate(url: &str, total: usize, clients: usize) -> anyhow::Res
     for t in tasks {
         all.extend(t.await??);
     }
-    let elapsed = started.elapsed();
+    let timed = Timed::since(started, &cpu);
     all.sort();
-    Ok(Figures {
-        rate: all.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: percentile(&all, 0.5),
-        p99_ms: percentile(&all, 0.99),
-    })
+    Ok((
+        Figures {
+            rate: all.len() as f64 / timed.elapsed.as_secs_f64(),
+            p50_ms: percentile(&all, 0.5),
+            p99_ms: percentile(&all, 0.99),
+        },
+        timed.cpu,
+    ))
 }
 
 async fn api_send_rate(
@@ -142,7 +166,7 @@ async fn api_send_rate(
     analytics: bool,
     total: usize,
     clients: usize,
-) -> anyhow::Result<(Figures, i64)> {
+) -> anyhow::Result<(Figures, i64, CpuUse)> {
     let db = postgres.create_database(database).await?;
     let files = tempfile::tempdir()?;
     let vars: Vec<(String, String)> = [
@@ -212,6 +236,7 @@ async fn api_send_rate(
     let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build()?;
     let url = Arc::new(format!("http://127.0.0.1:{port}/api/chats/{chat}/messages"));
     let per = total / clients;
+    let cpu = CpuSnapshot::take_with(postgres.pid().as_slice());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, (_, token)) in users.into_iter().enumerate() {
@@ -240,7 +265,7 @@ async fn api_send_rate(
     for t in tasks {
         all.extend(t.await??);
     }
-    let elapsed = started.elapsed();
+    let timed = Timed::since(started, &cpu);
     all.sort();
     let outbox_left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
         .fetch_one(&pool)
@@ -260,11 +285,12 @@ async fn api_send_rate(
     );
     Ok((
         Figures {
-            rate: all.len() as f64 / elapsed.as_secs_f64(),
+            rate: all.len() as f64 / timed.elapsed.as_secs_f64(),
             p50_ms: percentile(&all, 0.5),
             p99_ms: percentile(&all, 0.99),
         },
         outbox_left,
+        timed.cpu,
     ))
 }
 
@@ -299,15 +325,17 @@ async fn main() -> anyhow::Result<()> {
         let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for which in order {
             let name = ["raw", "off", "on"][which];
-            match which {
+            let cpu = match which {
                 0 => {
                     let db = postgres.create_database(&format!("raw_bench_{round}")).await?;
-                    raws.push(raw_insert_rate(&db, messages, clients).await?);
+                    let (figures, cpu) = raw_insert_rate(&postgres, &db, messages, clients).await?;
+                    raws.push(figures);
+                    cpu
                 }
                 _ => {
                     let on = which == 2;
                     let db = format!("send_bench_{name}_{round}");
-                    let (figures, left) =
+                    let (figures, left, cpu) =
                         api_send_rate(&postgres, &nats, keys_dir.path(), &db, on, messages, clients).await?;
                     if on {
                         outbox_left = outbox_left.max(left);
@@ -315,10 +343,13 @@ async fn main() -> anyhow::Result<()> {
                     } else {
                         offs.push(figures);
                     }
+                    cpu
                 }
-            }
+            };
             let last = [&raws, &offs, &ons][which].last().map_or(0.0, |f| f.rate);
             println!("  round {}: {name:<3} {last:>8.0}/s", round + 1);
+            println!("    CPU µs per send: {}", per_send(&cpu, messages));
+            println!("    {}", cpu.line());
         }
     }
     let (raw, off, on) = (Figures::median(&raws), Figures::median(&offs), Figures::median(&ons));

@@ -177,6 +177,13 @@ impl PostgresServer {
         self.dir.path().join("data")
     }
 
+    /// The postmaster's process id (from `postmaster.pid`), while it runs. `pg_ctl` detaches it from this
+    /// process, so CPU accounting names it explicitly (see [`crate::cpu::CpuSnapshot::take_with`]).
+    pub fn pid(&self) -> Option<u32> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
     /// The server log (`pg_ctl -l`), appended to across restarts.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("postgres.log")

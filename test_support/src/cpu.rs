@@ -1,0 +1,255 @@
+//! CPU accounting for benchmarks and tests: how many CPU seconds each program of a run used during a step, and
+//! how much the rest of the machine used meanwhile, from `/proc`.
+//!
+//! A benchmark's rate on a shared 2-core machine says little alone: the programs of the run (the service, its
+//! servers, the load generator) compete for the same cores, and other tenants take a varying share. The CPU each
+//! program used per unit of work is the stable figure, and the share taken by processes outside the run says
+//! when a rate is not to be trusted.
+//!
+//! "The run" is this process and every process descending from it, so a server's forked workers count too (each
+//! PostgreSQL connection is a process forked by the postmaster). Processes are grouped by their command name;
+//! one that starts and ends between two snapshots is not seen.
+
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of `/proc/<pid>/stat` and `/proc/stat` (USER_HZ): 100 on every Linux this runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU ticks of a process: all of them, and those spent in the kernel on its behalf.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ticks {
+    total: u64,
+    kernel: u64,
+}
+
+/// `(comm, ppid, ticks)` of `pid`.
+fn proc_stat(pid: u32) -> Option<(String, u32, Ticks)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after its last `)` are space-separated.
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // After the comm: state(3) ppid(4) … utime(14) stime(15), numbered from 1 as in proc(5).
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((
+        comm,
+        ppid,
+        Ticks {
+            total: utime + stime,
+            kernel: stime,
+        },
+    ))
+}
+
+/// CPU seconds (user and kernel) process `pid` has used so far; `None` once it is gone.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    proc_stat(pid).map(|(_, _, ticks)| ticks.total as f64 / TICKS_PER_SECOND)
+}
+
+/// Busy ticks of the whole machine (all processes, all cores), from the first line of `/proc/stat`.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already counted in user).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some(total.saturating_sub(idle))
+}
+
+/// CPU ticks so far of this process and its descendants, by program name, and of the whole machine.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSnapshot {
+    /// The processes besides this one whose trees are counted.
+    roots: Vec<u32>,
+    machine: u64,
+    programs: Vec<(String, Ticks)>,
+}
+
+impl CpuSnapshot {
+    /// Reads the counters now, for this process and its descendants.
+    pub fn take() -> Self {
+        Self::take_with(&[])
+    }
+
+    /// Reads the counters now, for this process, the processes `roots` (servers that detached from this
+    /// process, such as PostgreSQL's postmaster under `pg_ctl`) and the descendants of all of them.
+    pub fn take_with(roots: &[u32]) -> Self {
+        let mut processes: Vec<(u32, String, u32, Ticks)> = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some((comm, ppid, ticks)) = proc_stat(pid) {
+                    processes.push((pid, comm, ppid, ticks));
+                }
+            }
+        }
+        let mut snapshot = Self {
+            roots: roots.to_vec(),
+            machine: machine_busy_ticks().unwrap_or(0),
+            programs: Vec::new(),
+        };
+        let mut generation: Vec<u32> = std::iter::once(std::process::id())
+            .chain(roots.iter().copied())
+            .collect();
+        for (_, comm, _, ticks) in processes.iter().filter(|(pid, ..)| generation.contains(pid)) {
+            snapshot.add(comm, *ticks);
+        }
+        // Then their descendants, one generation at a time.
+        while !generation.is_empty() {
+            let mut next = Vec::new();
+            for (pid, comm, ppid, ticks) in &processes {
+                if generation.contains(ppid) {
+                    snapshot.add(comm, *ticks);
+                    next.push(*pid);
+                }
+            }
+            generation = next;
+        }
+        snapshot
+    }
+
+    /// A new snapshot of the same processes.
+    pub fn again(&self) -> Self {
+        Self::take_with(&self.roots)
+    }
+
+    fn add(&mut self, name: &str, ticks: Ticks) {
+        match self.programs.iter_mut().find(|(n, _)| n == name) {
+            Some((_, t)) => {
+                t.total += ticks.total;
+                t.kernel += ticks.kernel;
+            }
+            None => self.programs.push((name.to_owned(), ticks)),
+        }
+    }
+}
+
+/// CPU used between two snapshots.
+#[derive(Debug, Clone)]
+pub struct CpuUse {
+    /// CPU seconds by program: all, and in the kernel.
+    pub programs: Vec<(String, f64, f64)>,
+    /// CPU seconds of this process and its descendants.
+    pub ours: f64,
+    /// CPU seconds of every other process on the machine (other builds, other tenants' work, …).
+    pub others: f64,
+    /// CPU seconds the machine had (cores × wall time).
+    pub available: f64,
+}
+
+impl CpuUse {
+    /// What was used from `before` to `after`, `wall` apart.
+    pub fn between(before: &CpuSnapshot, after: &CpuSnapshot, wall: Duration) -> Self {
+        let mut programs = Vec::new();
+        for (name, ticks) in &after.programs {
+            let start = before
+                .programs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(Ticks::default(), |(_, t)| *t);
+            let seconds = ticks.total.saturating_sub(start.total) as f64 / TICKS_PER_SECOND;
+            let kernel = ticks.kernel.saturating_sub(start.kernel) as f64 / TICKS_PER_SECOND;
+            if seconds > 0.0 {
+                programs.push((name.clone(), seconds, kernel));
+            }
+        }
+        let ours: f64 = programs.iter().map(|(_, s, _)| s).sum();
+        let machine = after.machine.saturating_sub(before.machine) as f64 / TICKS_PER_SECOND;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            programs,
+            ours,
+            others: (machine - ours).max(0.0),
+            available: wall.as_secs_f64() * cores as f64,
+        }
+    }
+
+    /// CPU seconds of the programs named `name`.
+    pub fn of(&self, name: &str) -> f64 {
+        self.programs
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, s, _)| s)
+            .sum()
+    }
+
+    /// Share of the machine's CPU taken by processes outside this run.
+    pub fn noise(&self) -> f64 {
+        self.others / self.available.max(1e-9)
+    }
+
+    /// One line: each program's CPU seconds (kernel share in parentheses), the total, the others' and how busy
+    /// the machine was.
+    pub fn line(&self) -> String {
+        // The kernel's share tells file-system work apart: ClickHouse 18.16 writes two files per column per
+        // INSERT, and on some file systems creating them costs more than the INSERT itself (see README.md).
+        let parts: Vec<String> = self
+            .programs
+            .iter()
+            .map(|(name, s, kernel)| format!("{name} {s:.2} (kernel {kernel:.2})"))
+            .collect();
+        format!(
+            "CPU s: {} = {:.2} | other processes {:.2} | machine {:.0}% busy of {:.2} CPU s",
+            parts.join(", "),
+            self.ours,
+            self.others,
+            100.0 * (self.ours + self.others) / self.available.max(1e-9),
+            self.available
+        )
+    }
+}
+
+/// How long a step took and the CPU it used.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// Wall time of the step.
+    pub elapsed: Duration,
+    /// CPU used during it.
+    pub cpu: CpuUse,
+}
+
+impl Timed {
+    /// The step that started at `started`, when `before` was taken, and ends now.
+    pub fn since(started: Instant, before: &CpuSnapshot) -> Self {
+        let elapsed = started.elapsed();
+        Self {
+            elapsed,
+            cpu: CpuUse::between(before, &before.again(), elapsed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_child_counts_under_its_name() {
+        let before = CpuSnapshot::take();
+        let started = Instant::now();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh starts");
+        std::thread::sleep(Duration::from_millis(600));
+        let used = CpuUse::between(&before, &CpuSnapshot::take(), started.elapsed());
+        child.kill().ok();
+        child.wait().ok();
+        // It spun for 0.6 s; even sharing a core with others it got a good part of that.
+        assert!(used.of("sh") >= 0.1, "the child's CPU is counted: {}", used.line());
+        assert!(used.ours >= used.of("sh"), "{}", used.line());
+        assert!(process_cpu_seconds(std::process::id()).is_some());
+        assert_eq!(process_cpu_seconds(u32::MAX), None);
+    }
+}
