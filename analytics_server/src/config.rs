@@ -46,7 +46,8 @@ pub struct ServerSettings {
     pub port: u16,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Most events accepted in one `POST /api/batch`.
+    /// Most events accepted in one `POST /api/batch`, and in one message on the batch subject (more are
+    /// dead-lettered as `too_many_events`: they would be rows past the pipeline's memory ceiling).
     pub max_batch_events: usize,
     /// Ingest requests accepted per minute from one client address (bursts up to the same number); 429 above.
     pub ingest_rate_limit_per_minute: u32,

@@ -1,5 +1,6 @@
 //! Copies poison messages to the dead-letter stream, so one bad message never blocks the stream and no bad
-//! message is silently lost: the raw payload is kept with its subject, the error and the delivery count.
+//! message is silently lost: the raw payload is kept with its subject, the error and the delivery count (a payload
+//! too close to NATS's `max_payload` to travel with those headers is cut, and its full size recorded).
 //!
 //! Only after JetStream acknowledged the copy is the original terminated (`Term`); a failed copy leaves the
 //! original unacknowledged, to be redelivered and tried again.
@@ -27,6 +28,11 @@ pub const HEADER_REASON: &str = "Fechatter-Error-Reason";
 pub const HEADER_DELIVERED: &str = "Fechatter-Delivery-Count";
 /// Header holding the original stream sequence.
 pub const HEADER_SEQUENCE: &str = "Fechatter-Stream-Sequence";
+/// Header present when the copy holds only the start of the payload: the payload's full size in bytes.
+pub const HEADER_ORIGINAL_SIZE: &str = "Fechatter-Original-Size";
+
+/// Room left for the headers when a payload is cut to fit: more than the six headers take with a long error.
+const HEADER_ROOM: usize = 2048;
 
 /// Logs a poison message (one warning each: every one is an event some publisher got wrong).
 pub(crate) fn log_poison(message: &Incoming, reason: &str, error: &str) {
@@ -86,6 +92,14 @@ impl DeadLetters {
         // The same poison message dead-lettered twice (its Term was lost) is stored once.
         let id = format!("dlq-{}-{}", self.stream, message.stream_sequence);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        // A message near NATS's `max_payload` leaves no room for the headers: its copy would be refused on every
+        // redelivery, forever. Such a copy keeps the start of the payload and says how long it was.
+        let mut payload = message.payload.clone();
+        let fits = self.client.server_info().max_payload.saturating_sub(HEADER_ROOM);
+        if payload.len() > fits {
+            headers.insert(HEADER_ORIGINAL_SIZE, payload.len().to_string().as_str());
+            payload.truncate(fits);
+        }
         let err = |source: async_nats::Error| DeadLetterError {
             subject: message.subject.clone(),
             sequence: message.stream_sequence,
@@ -93,7 +107,7 @@ impl DeadLetters {
         };
         let ack = self
             .js
-            .publish_with_headers(self.subject.clone(), headers, message.payload.clone())
+            .publish_with_headers(self.subject.clone(), headers, payload)
             .await
             .map_err(|e| err(e.into()))?;
         ack.await.map_err(|e| err(e.into()))?;

@@ -1,11 +1,11 @@
 //! Turning a NATS message into analytics events: pure, so it is unit-tested without I/O.
 //!
 //! The batch subject carries a `BatchRecordEventsRequest`, every other subject one `AnalyticsEvent`. A message
-//! that cannot be decoded, holds an event without its oneof, or exceeds the size limit is poison: the caller
-//! dead-letters it instead of retrying it forever.
+//! that cannot be decoded, holds an event without its oneof, exceeds the size limit or (a batch) holds more events
+//! than the event limit is poison: the caller dead-letters it instead of retrying it forever.
 
 use fechatter_protos::v1::analytics_event::EventType;
-use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest, EventContext};
+use fechatter_protos::v1::{AnalyticsEvent, EventContext};
 use prost::Message as _;
 
 /// Why a message is poison. The variant name is the `reason` label of the failure metric.
@@ -19,6 +19,8 @@ pub enum DecodeError {
     MissingEventType { index: usize },
     #[error("batch holds no events")]
     EmptyBatch,
+    #[error("batch of {count} events exceeds the limit of {limit} events")]
+    TooManyEvents { count: usize, limit: usize },
 }
 
 impl DecodeError {
@@ -29,6 +31,7 @@ impl DecodeError {
             Self::InvalidProtobuf(_) => "invalid_protobuf",
             Self::MissingEventType { .. } => "missing_event_type",
             Self::EmptyBatch => "empty_batch",
+            Self::TooManyEvents { .. } => "too_many_events",
         }
     }
 }
@@ -52,28 +55,68 @@ impl DecodedEvent {
     }
 }
 
+/// What a message may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload, in bytes.
+    pub max_bytes: usize,
+    /// Most events in one batch message.
+    pub max_events: usize,
+}
+
+impl Limits {
+    /// `jetstream.max_message_bytes`, and `server.max_batch_events`: a batch message holds no more events than
+    /// `POST /api/batch` accepts.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            max_bytes: settings.jetstream.max_message_bytes,
+            max_events: settings.server.max_batch_events,
+        }
+    }
+}
+
+/// A `BatchRecordEventsRequest` with its events left encoded: counting them first keeps a batch of a million
+/// tiny events (a 1 MiB message of 4-byte events is 260,000 of them) from being decoded, and its rows built,
+/// before it is refused.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedBatch {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    events: Vec<bytes::Bytes>,
+}
+
 /// Decodes the payload of a message received on `subject`.
 pub fn decode(
     subject: &str,
     payload: &[u8],
     batch_subject: &str,
-    max_bytes: usize,
+    limits: Limits,
 ) -> Result<Vec<DecodedEvent>, DecodeError> {
-    if payload.len() > max_bytes {
+    if payload.len() > limits.max_bytes {
         return Err(DecodeError::TooLarge {
             size: payload.len(),
-            limit: max_bytes,
+            limit: limits.max_bytes,
         });
     }
+    let invalid = |e: prost::DecodeError| DecodeError::InvalidProtobuf(e.to_string());
     let events = if subject == batch_subject {
-        let batch =
-            BatchRecordEventsRequest::decode(payload).map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?;
+        let batch = EncodedBatch::decode(payload).map_err(invalid)?;
         if batch.events.is_empty() {
             return Err(DecodeError::EmptyBatch);
         }
-        batch.events
+        if batch.events.len() > limits.max_events {
+            return Err(DecodeError::TooManyEvents {
+                count: batch.events.len(),
+                limit: limits.max_events,
+            });
+        }
+        batch
+            .events
+            .into_iter()
+            .map(AnalyticsEvent::decode)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?
     } else {
-        vec![AnalyticsEvent::decode(payload).map_err(|e| DecodeError::InvalidProtobuf(e.to_string()))?]
+        vec![AnalyticsEvent::decode(payload).map_err(invalid)?]
     };
     events
         .into_iter()
@@ -98,14 +141,23 @@ pub fn subject_mismatch(subject: &str, kind: &EventType) -> Option<&'static str>
 mod tests {
     use super::*;
     use fechatter_protos::sample_events;
+    use fechatter_protos::v1::BatchRecordEventsRequest;
 
     const BATCH: &str = "fechatter.analytics.batch";
+
+    /// Limits of `max_bytes` bytes and the shipped 1,000 events per batch.
+    fn limits(max_bytes: usize) -> Limits {
+        Limits {
+            max_bytes,
+            max_events: 1000,
+        }
+    }
 
     #[test]
     fn a_single_event_decodes_with_its_kind() {
         let event = sample_events().remove(2);
         let bytes = event.encode_to_vec();
-        let decoded = decode("fechatter.analytics.user.login", &bytes, BATCH, 1 << 20).expect("valid");
+        let decoded = decode("fechatter.analytics.user.login", &bytes, BATCH, limits(1 << 20)).expect("valid");
         assert_eq!(decoded.len(), 1);
         assert_eq!(decoded[0].to_event(), event);
     }
@@ -114,13 +166,13 @@ mod tests {
     fn the_batch_subject_carries_many_events() {
         let events = sample_events();
         let bytes = BatchRecordEventsRequest { events: events.clone() }.encode_to_vec();
-        let decoded = decode(BATCH, &bytes, BATCH, 1 << 20).expect("valid");
+        let decoded = decode(BATCH, &bytes, BATCH, limits(1 << 20)).expect("valid");
         assert_eq!(decoded.iter().map(DecodedEvent::to_event).collect::<Vec<_>>(), events);
     }
 
     #[test]
     fn garbage_is_poison() {
-        let err = decode("fechatter.analytics.x", &[0xff, 0xff, 0xff], BATCH, 1 << 20).expect_err("garbage");
+        let err = decode("fechatter.analytics.x", &[0xff, 0xff, 0xff], BATCH, limits(1 << 20)).expect_err("garbage");
         assert_eq!(err.reason(), "invalid_protobuf");
     }
 
@@ -128,20 +180,58 @@ mod tests {
     fn an_event_without_its_oneof_is_poison() {
         let bytes = AnalyticsEvent::default().encode_to_vec();
         assert_eq!(
-            decode("fechatter.analytics.x", &bytes, BATCH, 1 << 20),
+            decode("fechatter.analytics.x", &bytes, BATCH, limits(1 << 20)),
             Err(DecodeError::MissingEventType { index: 0 })
         );
     }
 
     #[test]
+    fn a_batch_over_the_event_limit_is_poison_whatever_its_size() {
+        let login = sample_events().remove(2);
+        let at = |n: usize| {
+            BatchRecordEventsRequest {
+                events: vec![login.clone(); n],
+            }
+            .encode_to_vec()
+        };
+        let three = Limits {
+            max_bytes: 1 << 20,
+            max_events: 3,
+        };
+        assert_eq!(decode(BATCH, &at(3), BATCH, three).map(|e| e.len()), Ok(3));
+        assert_eq!(
+            decode(BATCH, &at(4), BATCH, three),
+            Err(DecodeError::TooManyEvents { count: 4, limit: 3 })
+        );
+        // The cheapest events there are (an app_start with nothing else: 4 bytes each in a batch), counted
+        // before any is decoded.
+        let tiny = AnalyticsEvent {
+            context: None,
+            event_type: Some(EventType::AppStart(Default::default())),
+        };
+        let flood = BatchRecordEventsRequest {
+            events: vec![tiny; 250_000],
+        }
+        .encode_to_vec();
+        assert!(flood.len() <= 1 << 20, "{} bytes", flood.len());
+        assert_eq!(
+            decode(BATCH, &flood, BATCH, limits(1 << 20)),
+            Err(DecodeError::TooManyEvents {
+                count: 250_000,
+                limit: 1000
+            })
+        );
+    }
+
+    #[test]
     fn oversize_messages_are_poison_before_decoding() {
-        let err = decode("fechatter.analytics.x", &[0u8; 11], BATCH, 10).expect_err("too big");
+        let err = decode("fechatter.analytics.x", &[0u8; 11], BATCH, limits(10)).expect_err("too big");
         assert_eq!(err, DecodeError::TooLarge { size: 11, limit: 10 });
     }
 
     #[test]
     fn an_empty_batch_is_poison() {
-        assert_eq!(decode(BATCH, &[], BATCH, 10), Err(DecodeError::EmptyBatch));
+        assert_eq!(decode(BATCH, &[], BATCH, limits(10)), Err(DecodeError::EmptyBatch));
     }
 
     #[test]
@@ -168,7 +258,13 @@ mod tests {
 
     const SINGLE: &str = "fechatter.analytics.user.login";
     const LIMIT: usize = 1 << 20;
-    const REASONS: [&str; 4] = ["too_large", "invalid_protobuf", "missing_event_type", "empty_batch"];
+    const REASONS: [&str; 5] = [
+        "too_large",
+        "invalid_protobuf",
+        "missing_event_type",
+        "empty_batch",
+        "too_many_events",
+    ];
 
     /// `n`, or ten times `n` with `FECHATTER_TEST_FULL=1`.
     fn scaled(n: u32) -> u32 {
@@ -181,7 +277,7 @@ mod tests {
 
     /// Decodes `payload` on `subject` and checks what every answer must satisfy, whatever the bytes.
     fn check(subject: &str, payload: &[u8], max: usize) -> Result<Vec<DecodedEvent>, DecodeError> {
-        let result = decode(subject, payload, BATCH, max);
+        let result = decode(subject, payload, BATCH, limits(max));
         match &result {
             Ok(events) if subject == BATCH => assert!(!events.is_empty(), "a decoded batch is never empty"),
             Ok(events) => assert_eq!(events.len(), 1, "a single-event subject yields one event"),
@@ -477,7 +573,7 @@ mod tests {
             let bytes = &full[..cut];
             let _ = check(BATCH, bytes, max);
             if cut == len {
-                assert_eq!(decode(BATCH, bytes, BATCH, max).is_ok(), len <= max);
+                assert_eq!(decode(BATCH, bytes, BATCH, limits(max)).is_ok(), len <= max);
             }
             1
         });

@@ -39,6 +39,15 @@ pub enum SetupError {
         #[source]
         source: async_nats::Error,
     },
+    #[error(
+        "consumer {consumer} on {stream} acknowledges with policy {found}; the ingester needs explicit acks \
+         (JetStream cannot change it: delete the consumer and it is re-created)"
+    )]
+    AckPolicy {
+        stream: String,
+        consumer: String,
+        found: String,
+    },
 }
 
 /// What [`ensure_stream`] did, for logs and tests.
@@ -201,9 +210,19 @@ pub async fn ensure_consumer(
     match stream.get_consumer::<pull::Config>(&names.consumer).await {
         Ok(existing) => {
             let have = &existing.cached_info().config;
+            // A consumer left by an operator or an older deployment: with other than explicit acks, messages in
+            // flight are gone once delivered; with a delivery limit, a message failing that often is given up.
+            if have.ack_policy != AckPolicy::Explicit {
+                return Err(SetupError::AckPolicy {
+                    stream: names.stream.clone(),
+                    consumer: names.consumer.clone(),
+                    found: format!("{:?}", have.ack_policy),
+                });
+            }
             if have.max_ack_pending != config.max_ack_pending
                 || have.ack_wait != config.ack_wait
                 || have.filter_subject != config.filter_subject
+                || have.max_deliver > 0
             {
                 tracing::info!(consumer = %names.consumer, "updating consumer limits");
                 return stream.update_consumer(config).await.map_err(|e| err(e.into()));

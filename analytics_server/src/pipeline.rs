@@ -13,11 +13,12 @@
 use crate::batcher::Batch;
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterWorkers, log_poison};
-use crate::decode::{decode, subject_mismatch};
+use crate::decode::{Limits, decode, subject_mismatch};
 use crate::handoff::Giver;
 use crate::metrics::Metrics;
 use crate::row::{Origin, to_row};
 use crate::source::{Ack, Incoming};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -39,8 +40,8 @@ pub struct PipelineSettings {
     pub max_batch_rows: usize,
     /// The subject carrying batch requests.
     pub batch_subject: String,
-    /// Largest accepted message.
-    pub max_message_bytes: usize,
+    /// What a message may hold.
+    pub limits: Limits,
     /// Stream name, for legacy ids.
     pub stream: String,
 }
@@ -60,7 +61,7 @@ impl PipelineSettings {
             flush_interval: settings.flush_interval(),
             max_batch_rows: room.max(settings.batch_size),
             batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
-            max_message_bytes: js.max_message_bytes,
+            limits: Limits::from_settings(settings),
             stream: js.stream.clone(),
         }
     }
@@ -76,12 +77,16 @@ pub async fn run(
 ) {
     let mut batch: Batch<Ack> = Batch::new(settings.batch_size);
     let mut inbox = Vec::with_capacity(INBOX);
+    // Messages taken from the channel but not yet handled: handling stops at the ceiling, and a batch message may
+    // hold up to `limits.max_events` events, so the rest wait here for room.
+    let mut waiting: VecDeque<Incoming> = VecDeque::with_capacity(INBOX);
     loop {
         let deadline = batch.deadline(settings.flush_interval);
         let due = batch.is_due(settings.batch_size, settings.flush_interval, Instant::now());
-        // Messages to take at most: one event each in the common case, so the ceiling holds closely.
+        let full = batch.rows.len() >= settings.max_batch_rows;
+        // Messages to take at most: one event each in the common case.
         let room = settings.max_batch_rows.saturating_sub(batch.rows.len()).min(INBOX);
-        let received = tokio::select! {
+        tokio::select! {
             biased;
             ready = sink.ready(), if due => {
                 hand_over(&mut sink, ready, &mut batch);
@@ -89,12 +94,18 @@ pub async fn run(
             }
             // Only wakes the loop up: the batch is due from now on.
             _ = sleep_until(deadline), if deadline.is_some() && !due => continue,
-            received = rx.recv_many(&mut inbox, room), if room > 0 => received,
-        };
-        if received == 0 {
-            break;
+            received = rx.recv_many(&mut inbox, room), if waiting.is_empty() && room > 0 => {
+                if received == 0 {
+                    break;
+                }
+                waiting.extend(inbox.drain(..));
+            }
+            () = std::future::ready(()), if !waiting.is_empty() && !full => {}
         }
-        for message in inbox.drain(..) {
+        // Up to the ceiling, checked after every message.
+        while batch.rows.len() < settings.max_batch_rows
+            && let Some(message) = waiting.pop_front()
+        {
             handle(&settings, message, &mut batch, dead_letters.as_mut(), &metrics).await;
         }
     }
@@ -149,7 +160,7 @@ async fn handle(
         &message.subject,
         &message.payload,
         &settings.batch_subject,
-        settings.max_message_bytes,
+        settings.limits,
     ) {
         Ok(events) => {
             let ingested_at = now_seconds();
@@ -209,7 +220,10 @@ mod tests {
             flush_interval,
             max_batch_rows,
             batch_subject: "fechatter.analytics.batch".into(),
-            max_message_bytes: 1 << 20,
+            limits: Limits {
+                max_bytes: 1 << 20,
+                max_events: 1000,
+            },
             stream: "ANALYTICS".into(),
         }
     }
@@ -258,6 +272,32 @@ mod tests {
         assert_eq!(rows_of(&taker).await, Some(20));
         drop(tx);
         assert_eq!(rows_of(&taker).await, None, "the pipeline has finished");
+        task.await.expect("pipeline task");
+    }
+
+    #[tokio::test]
+    async fn batch_messages_stop_the_batch_at_the_ceiling_however_many_are_waiting() {
+        use fechatter_protos::v1::BatchRecordEventsRequest;
+        let (tx, taker, task) = start(settings(10, 50, Duration::from_secs(3600)));
+        let events = vec![sample_events().remove(0); 30];
+        for sequence in 1..=10 {
+            let mut m = message(sequence);
+            m.subject = "fechatter.analytics.batch".into();
+            m.payload = BatchRecordEventsRequest { events: events.clone() }
+                .encode_to_vec()
+                .into();
+            tx.send(m).await.expect("pipeline runs");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The ceiling is checked after every message: 30 rows, then 60, and the eight other messages wait (taken
+        // all at once, they would have made one batch of 300 rows).
+        let mut sizes = Vec::new();
+        for _ in 0..5 {
+            sizes.push(rows_of(&taker).await.expect("a batch"));
+        }
+        assert_eq!(sizes, vec![60; 5]);
+        drop(tx);
+        assert_eq!(rows_of(&taker).await, None);
         task.await.expect("pipeline task");
     }
 

@@ -103,7 +103,10 @@ async fn legacy_events_without_an_id_get_a_stable_one() {
 async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
     let stack = Stack::start().await;
     let app = stack
-        .run_in_process(&[("ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES", "4096")])
+        .run_in_process(&[
+            ("ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES", "4096"),
+            ("ANALYTICS__SERVER__MAX_BATCH_EVENTS", "3"),
+        ])
         .await;
     let good = events(4);
     stack.publish_all(&good[..2]).await;
@@ -122,11 +125,15 @@ async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
     stack
         .publish_raw(BATCH_SUBJECT, BatchRecordEventsRequest::default().encode_to_vec())
         .await;
+    // Small, but more events than `server.max_batch_events`.
+    let crowded = BatchRecordEventsRequest { events: events(4) }.encode_to_vec();
+    assert!(crowded.len() < 4096);
+    stack.publish_raw(BATCH_SUBJECT, crowded).await;
     stack.publish_all(&good[2..]).await;
 
     stack.wait_for_rows(4, WAIT).await;
     stack.wait_consumer_idle(WAIT).await;
-    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 4);
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 5);
 
     let dlq = stack.js.get_stream("ANALYTICS_DLQ").await.expect("dlq stream");
     let first = dlq.get_raw_message(1).await.expect("first dead letter");
@@ -148,9 +155,78 @@ async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("analytics_events_dead_lettered_total 4"), "{metrics}");
+    assert!(metrics.contains("analytics_events_dead_lettered_total 5"), "{metrics}");
     assert!(metrics.contains("reason=\"invalid_protobuf\""), "{metrics}");
+    assert!(metrics.contains("reason=\"too_many_events\""), "{metrics}");
     app.stop().await;
+}
+
+/// A poison message too close to NATS's `max_payload` to be copied with the dead-letter headers is copied cut,
+/// with its full size, instead of failing (and being redelivered) forever.
+#[tokio::test]
+async fn poison_near_the_nats_payload_limit_is_dead_lettered_cut() {
+    let stack = Stack::start().await;
+    let max_payload = stack.client.server_info().max_payload;
+    let app = stack
+        .run_in_process(&[("ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES", &max_payload.to_string())])
+        .await;
+    let size = max_payload - 100;
+    stack
+        .publish_raw("fechatter.analytics.user.login", vec![0xff; size])
+        .await;
+    let good = events(1);
+    stack.publish_all(&good).await;
+    stack.wait_for_rows(1, WAIT).await;
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 1);
+    let dlq = stack.js.get_stream("ANALYTICS_DLQ").await.expect("dlq stream");
+    let copy = dlq.get_raw_message(1).await.expect("the dead letter");
+    assert_eq!(
+        copy.headers
+            .get("Fechatter-Original-Size")
+            .map(|v| v.as_str().to_owned()),
+        Some(size.to_string())
+    );
+    assert!(
+        copy.payload.len() < size && copy.payload.len() > size / 2,
+        "{}",
+        copy.payload.len()
+    );
+    assert!(copy.payload.iter().all(|b| *b == 0xff), "the start of the payload");
+    app.stop().await;
+}
+
+/// A consumer left by an operator or an older deployment: a delivery limit (which would give messages up) is
+/// lifted; acknowledgements other than explicit ones (which lose what is in flight) stop start-up, named.
+#[tokio::test]
+async fn an_existing_consumer_that_could_give_messages_up_is_mended_or_refused() {
+    use analytics_server::jetstream::{SetupError, ensure_all};
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+
+    let stack = Stack::start().await;
+    let settings = stack.settings(&[]);
+    ensure_all(&stack.js, &settings).await.expect("set-up");
+    let stream = stack.js.get_stream("ANALYTICS").await.expect("stream");
+    let consumer = settings.jetstream.consumer.clone();
+    let mut limited = analytics_server::jetstream::consumer_config(&settings);
+    limited.max_deliver = 5;
+    stream.update_consumer(limited).await.expect("limit deliveries");
+    ensure_all(&stack.js, &settings).await.expect("set-up again");
+    let mut mended = stream.get_consumer::<pull::Config>(&consumer).await.expect("consumer");
+    let info = mended.info().await.expect("info");
+    assert!(
+        info.config.max_deliver <= 0,
+        "delivery limit lifted: {}",
+        info.config.max_deliver
+    );
+
+    stream.delete_consumer(&consumer).await.expect("delete");
+    let mut careless = analytics_server::jetstream::consumer_config(&settings);
+    careless.ack_policy = AckPolicy::None;
+    stream.create_consumer(careless).await.expect("ack-less consumer");
+    let err = ensure_all(&stack.js, &settings).await.expect_err("refused");
+    assert!(matches!(err, SetupError::AckPolicy { .. }), "{err:?}");
+    assert!(err.to_string().contains(&consumer), "{err}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! acknowledges nothing, so it never disturbs the ingester.
 
 use crate::config::Settings;
-use crate::decode::{DecodedEvent, decode};
+use crate::decode::{DecodedEvent, Limits, decode};
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
@@ -115,7 +115,7 @@ pub async fn run(settings: &Settings, args: MonitorArgs) -> anyhow::Result<()> {
             &message.subject,
             &message.payload,
             &subjects.analytics_batch,
-            settings.jetstream.max_message_bytes,
+            Limits::from_settings(settings),
         );
         match decoded {
             Ok(events) => {
