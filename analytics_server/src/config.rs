@@ -229,7 +229,10 @@ impl Settings {
         let js = &self.jetstream;
         // Held at once: the batch being inserted, the one queued behind it, the one being built, and what the
         // source has pulled but the pipeline has not yet taken (the channel and the pull in flight).
-        let needed = 3 * self.batch_size + 2 * js.pull_batch;
+        let needed = self
+            .batch_size
+            .saturating_mul(3)
+            .saturating_add(js.pull_batch.saturating_mul(2));
         if js.max_ack_pending < needed {
             return invalid(
                 "jetstream.max_ack_pending",
@@ -249,8 +252,52 @@ impl Settings {
         if js.pull_batch == 0 {
             return invalid("jetstream.pull_batch", "must be at least 1".into());
         }
-        if js.max_age_days == 0 {
-            return invalid("jetstream.max_age_days", "must be at least 1".into());
+        if js.max_age_days == 0 || js.max_age_days > MAX_AGE_DAYS {
+            return invalid(
+                "jetstream.max_age_days",
+                format!("must be from 1 to {MAX_AGE_DAYS}, not {}", js.max_age_days),
+            );
+        }
+        // Below these, every message would be poison or every request refused, or retries would spin.
+        let floors = [
+            ("jetstream.max_message_bytes", js.max_message_bytes, MIN_MESSAGE_BYTES),
+            ("server.max_body_bytes", self.server.max_body_bytes, MIN_MESSAGE_BYTES),
+            (
+                "clickhouse.insert_timeout_seconds",
+                usize::try_from(self.clickhouse.insert_timeout_seconds).unwrap_or(usize::MAX),
+                1,
+            ),
+            (
+                "clickhouse.max_retry_backoff_seconds",
+                usize::try_from(self.clickhouse.max_retry_backoff_seconds).unwrap_or(usize::MAX),
+                1,
+            ),
+        ];
+        for (key, value, floor) in floors {
+            if value < floor {
+                return invalid(key, format!("must be at least {floor}, not {value}"));
+            }
+        }
+        for (key, name) in [
+            ("jetstream.stream", &js.stream),
+            ("jetstream.consumer", &js.consumer),
+            ("jetstream.dead_letter_stream", &js.dead_letter_stream),
+        ] {
+            if !is_jetstream_name(name) {
+                return invalid(
+                    key,
+                    format!("{name:?} is not a JetStream name (letters, digits, `-` and `_`)"),
+                );
+            }
+        }
+        if !is_literal_subject(&js.dead_letter_subject) {
+            return invalid(
+                "jetstream.dead_letter_subject",
+                format!(
+                    "{:?} is not a subject to publish to (dot-separated tokens, no wildcards or spaces)",
+                    js.dead_letter_subject
+                ),
+            );
         }
         if js.stream == js.dead_letter_stream {
             return invalid(
@@ -308,6 +355,24 @@ impl Settings {
     pub fn flush_interval(&self) -> Duration {
         Duration::try_from_secs_f64(self.flush_interval_seconds).unwrap_or(Duration::from_secs(1))
     }
+}
+
+/// Longest stream retention accepted, in days (a hundred years: beyond it the retention is a mistake).
+const MAX_AGE_DAYS: u64 = 36_500;
+
+/// Smallest message and request body limit accepted: an event with its context takes a few hundred bytes.
+const MIN_MESSAGE_BYTES: usize = 1024;
+
+/// A stream or consumer name JetStream accepts, kept to the characters every tool handles.
+fn is_jetstream_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A subject one can publish to: non-empty tokens, no wildcards, no whitespace.
+fn is_literal_subject(subject: &str) -> bool {
+    subject
+        .split('.')
+        .all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace))
 }
 
 /// True when every subject matched by `candidate` (a subject or pattern) is matched by `pattern`.
@@ -385,6 +450,58 @@ mod tests {
     fn too_small_max_ack_pending_is_refused_by_name() {
         let err = Settings::load(None, vars(&[("ANALYTICS__BATCH_SIZE", "10000")])).expect_err("too small");
         assert!(err.to_string().contains("jetstream.max_ack_pending"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_stop_every_message_or_spin_are_refused_by_name() {
+        for (var, value, key) in [
+            (
+                "ANALYTICS__JETSTREAM__MAX_MESSAGE_BYTES",
+                "0",
+                "jetstream.max_message_bytes",
+            ),
+            ("ANALYTICS__SERVER__MAX_BODY_BYTES", "10", "server.max_body_bytes"),
+            (
+                "ANALYTICS__CLICKHOUSE__INSERT_TIMEOUT_SECONDS",
+                "0",
+                "clickhouse.insert_timeout_seconds",
+            ),
+            (
+                "ANALYTICS__CLICKHOUSE__MAX_RETRY_BACKOFF_SECONDS",
+                "0",
+                "clickhouse.max_retry_backoff_seconds",
+            ),
+            (
+                "ANALYTICS__JETSTREAM__MAX_AGE_DAYS",
+                "999999999999",
+                "jetstream.max_age_days",
+            ),
+            ("ANALYTICS__JETSTREAM__STREAM", "", "jetstream.stream"),
+            ("ANALYTICS__JETSTREAM__CONSUMER", "my consumer", "jetstream.consumer"),
+            (
+                "ANALYTICS__JETSTREAM__DEAD_LETTER_STREAM",
+                "DLQ.x",
+                "jetstream.dead_letter_stream",
+            ),
+            (
+                "ANALYTICS__JETSTREAM__DEAD_LETTER_SUBJECT",
+                "fechatter.deadletter.*",
+                "jetstream.dead_letter_subject",
+            ),
+            (
+                "ANALYTICS__JETSTREAM__DEAD_LETTER_SUBJECT",
+                "fechatter..dlq",
+                "jetstream.dead_letter_subject",
+            ),
+            (
+                "ANALYTICS__BATCH_SIZE",
+                "18446744073709551615",
+                "jetstream.max_ack_pending",
+            ),
+        ] {
+            let err = Settings::load(None, vars(&[(var, value)])).expect_err(value);
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]

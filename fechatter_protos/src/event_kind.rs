@@ -85,9 +85,10 @@ macro_rules! event_kinds {
                 let json = match self {
                     $(Self::$variant(message) => serde_json::to_string(message),)+
                 };
-                // The generated impls only write strings, numbers and bools to
-                // string-keyed objects, which serde_json cannot fail on.
-                json.unwrap_or_else(|_| String::from("{}"))
+                // The generated impls only write strings, numbers, bools and enum
+                // names to string-keyed objects; they fail only on an enum value
+                // the schema does not know.
+                json.unwrap_or_else(|_| self.payload_json_with_unknown_enum_values())
             }
 
             /// Parses a payload produced by [`Self::payload_json`] for `type_name`.
@@ -96,6 +97,7 @@ macro_rules! event_kinds {
                     $($name => parse::<$message>(type_name, json).map(Self::$variant),)+
                     _ => Err(KindError::UnknownType(type_name.to_owned())),
                 }
+                .or_else(|err| Self::with_unknown_enum_values(type_name, json).ok_or(err))
             }
         }
     };
@@ -124,6 +126,27 @@ impl EventType {
     /// The NATS subject for this kind, e.g. `"fechatter.analytics.user.login"`.
     pub fn subject(&self) -> String {
         format!("{SUBJECT_PREFIX}.{}", self.subject_suffix())
+    }
+
+    /// The payload JSON of a kind holding an enum value the schema does not know (a newer client's exit code):
+    /// proto3 JSON writes such a value as its number, which the generated serializer refuses to do. The exit code
+    /// is the contract's only enum field.
+    fn payload_json_with_unknown_enum_values(&self) -> String {
+        match self {
+            Self::AppExit(exit) => serde_json::json!({ "exitCode": exit.exit_code }).to_string(),
+            _ => String::from("{}"),
+        }
+    }
+
+    /// Reads what [`Self::payload_json_with_unknown_enum_values`] writes, which the generated parser refuses.
+    fn with_unknown_enum_values(type_name: &str, json: &str) -> Option<Self> {
+        if type_name != "app_exit" {
+            return None;
+        }
+        let value: serde_json::Value = serde_json::from_str(json).ok()?;
+        let fields = value.as_object()?;
+        let exit_code = i32::try_from(fields.get("exitCode")?.as_i64()?).ok()?;
+        (fields.len() == 1).then_some(Self::AppExit(AppExitEvent { exit_code }))
     }
 }
 
@@ -248,6 +271,16 @@ mod tests {
             let parsed = EventType::from_payload_json(kind.type_name(), &kind.payload_json());
             assert_eq!(parsed, Ok(kind));
         }
+    }
+
+    #[test]
+    fn an_enum_value_the_schema_does_not_know_is_kept_as_its_number() {
+        let kind = EventType::AppExit(AppExitEvent { exit_code: 7 });
+        assert_eq!(kind.payload_json(), r#"{"exitCode":7}"#);
+        assert_eq!(EventType::from_payload_json("app_exit", &kind.payload_json()), Ok(kind));
+        let known = EventType::AppExit(AppExitEvent { exit_code: 3 });
+        assert_eq!(known.payload_json(), r#"{"exitCode":"EXIT_CODE_CRASH"}"#);
+        assert!(EventType::from_payload_json("app_exit", r#"{"exitCode":"x"}"#).is_err());
     }
 
     #[test]
