@@ -261,6 +261,7 @@ async fn run_stage(
             in_rx,
             batch_giver,
             None,
+            Some(client.clone()),
             metrics.clone(),
         )));
         let nats = client.clone();

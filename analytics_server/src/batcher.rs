@@ -59,6 +59,11 @@ impl<A> Batch<A> {
         self.in_backlog && self.caught_up && !self.is_empty()
     }
 
+    /// When the first row of this batch arrived; `None` while it is empty.
+    pub fn opened_at(&self) -> Option<Instant> {
+        self.opened_at
+    }
+
     /// Adds the rows of one message and its acknowledgement handle; returns how many rows it added.
     pub fn push(&mut self, rows: impl IntoIterator<Item = EventRow>, ack: A, now: Instant) -> usize {
         self.opened_at.get_or_insert(now);

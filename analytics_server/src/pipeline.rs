@@ -7,6 +7,9 @@
 //! `max_batch_rows`; at that ceiling the pipeline stops reading from the source, which is the backpressure that
 //! stops pulling when ClickHouse is slow or down.
 //!
+//! While a batch waits for the sink (ClickHouse slow or down), its messages, and those taken but not yet added,
+//! get a progress signal (`+WPI`) every third of the ack wait, so JetStream does not redeliver what is held.
+//!
 //! It runs until its input channel closes (the source stopped), then hands over what it holds and drops its
 //! end of the hand-over, so shutdown loses nothing in flight.
 
@@ -17,7 +20,8 @@ use crate::decode::{Limits, decode, subject_mismatch};
 use crate::handoff::Giver;
 use crate::metrics::Metrics;
 use crate::row::{Origin, to_row};
-use crate::source::{Ack, Incoming};
+use crate::source::{Ack, Incoming, send_all};
+use async_nats::jetstream::AckKind;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,6 +48,8 @@ pub struct PipelineSettings {
     pub limits: Limits,
     /// Stream name, for legacy ids.
     pub stream: String,
+    /// How often held messages are signalled as in progress: a third of the consumer's ack wait.
+    pub keep_alive: Duration,
 }
 
 impl PipelineSettings {
@@ -63,16 +69,18 @@ impl PipelineSettings {
             batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
             limits: Limits::from_settings(settings),
             stream: js.stream.clone(),
+            keep_alive: Duration::from_secs(js.ack_wait_seconds) / 3,
         }
     }
 }
 
-/// Runs the pipeline until `rx` closes.
+/// Runs the pipeline until `rx` closes. `nats` carries the progress signals of held JetStream messages.
 pub async fn run(
     settings: PipelineSettings,
     mut rx: mpsc::Receiver<Incoming>,
     mut sink: Giver,
     mut dead_letters: Option<DeadLetterWorkers>,
+    nats: Option<async_nats::Client>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Batch<Ack> = Batch::new(settings.batch_size);
@@ -80,8 +88,14 @@ pub async fn run(
     // Messages taken from the channel but not yet handled: handling stops at the ceiling, and a batch message may
     // hold up to `limits.max_events` events, so the rest wait here for room.
     let mut waiting: VecDeque<Incoming> = VecDeque::with_capacity(INBOX);
+    // When the held messages were last signalled as in progress (`None`: since the batch opened).
+    let mut signalled: Option<Instant> = None;
     loop {
         let deadline = batch.deadline(settings.flush_interval);
+        let keep_alive = signalled
+            .or_else(|| batch.opened_at())
+            .map(|at| at + settings.keep_alive)
+            .filter(|_| nats.is_some());
         let due = batch.is_due(settings.batch_size, settings.flush_interval, Instant::now());
         let full = batch.rows.len() >= settings.max_batch_rows;
         // Messages to take at most: one event each in the common case.
@@ -90,6 +104,15 @@ pub async fn run(
             biased;
             ready = sink.ready(), if due => {
                 hand_over(&mut sink, ready, &mut batch);
+                signalled = None;
+                continue;
+            }
+            _ = sleep_until(keep_alive), if keep_alive.is_some() => {
+                if let Some(nats) = &nats {
+                    let mut held = batch.acks.iter().chain(waiting.iter().map(|m| &m.ack));
+                    send_all(nats, &mut held, AckKind::Progress, |_| {}).await;
+                }
+                signalled = Some(Instant::now());
                 continue;
             }
             // Only wakes the loop up: the batch is due from now on.
@@ -225,6 +248,7 @@ mod tests {
                 max_events: 1000,
             },
             stream: "ANALYTICS".into(),
+            keep_alive: Duration::from_secs(20),
         }
     }
 
@@ -245,7 +269,7 @@ mod tests {
     fn start(settings: PipelineSettings) -> (mpsc::Sender<Incoming>, Taker, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(1000);
         let (giver, taker) = handoff::channel();
-        let task = tokio::spawn(run(settings, rx, giver, None, Arc::new(Metrics::new())));
+        let task = tokio::spawn(run(settings, rx, giver, None, None, Arc::new(Metrics::new())));
         (tx, taker, task)
     }
 

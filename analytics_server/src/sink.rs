@@ -1,8 +1,8 @@
 //! Writes batches to ClickHouse and acknowledges their messages only after the INSERT holding them succeeded.
 //!
 //! A failed INSERT is retried with capped exponential backoff and jitter, forever: the batch is kept, and the
-//! messages' ack deadlines are extended (`+WPI`) while retrying, so JetStream neither gives them up nor
-//! redelivers them elsewhere. An INSERT that succeeded on the server but whose answer was lost is simply
+//! messages' ack deadlines are extended (`+WPI`, every third of the ack wait) while an INSERT runs and while
+//! retrying, so JetStream neither gives them up nor redelivers them elsewhere. An INSERT that succeeded on the server but whose answer was lost is simply
 //! repeated; the ReplacingMergeTree collapses the copies.
 
 use crate::batcher::Batch;
@@ -10,7 +10,7 @@ use crate::handoff::Taker;
 use crate::metrics::Metrics;
 use crate::row::EventRow;
 use crate::schema::EVENTS_TABLE;
-use crate::source::Ack;
+use crate::source::{Ack, send_all};
 use async_nats::jetstream::AckKind;
 use fechatter_service::error::chain;
 use rand::Rng;
@@ -26,7 +26,7 @@ pub struct SinkSettings {
     pub insert_timeout: Duration,
     /// Cap of the backoff between retries.
     pub max_backoff: Duration,
-    /// The consumer's ack wait: progress is signalled well within it.
+    /// The consumer's ack wait: progress is signalled every third of it.
     pub ack_wait: Duration,
 }
 
@@ -97,15 +97,19 @@ impl ClickHouseSink {
     /// Inserts `batch`, retrying until it succeeds.
     async fn store(&self, batch: &Batch<Ack>) {
         let rows = batch.rows.len();
+        if rows == 0 {
+            return;
+        }
         let mut attempt = 0u32;
+        // The pipeline signalled progress at most a third of the ack wait ago: starting the count afresh keeps
+        // every gap under two thirds of it.
         let mut last_progress = Instant::now();
-        let progress_every = self.settings.ack_wait / 3;
         loop {
             let started = Instant::now();
-            if rows == 0 {
-                break;
-            }
-            match self.insert(&batch.rows).await {
+            match self
+                .keeping_alive(&batch.acks, &mut last_progress, self.insert(&batch.rows))
+                .await
+            {
                 Ok(()) => {
                     let elapsed = started.elapsed();
                     self.metrics.insert_seconds.observe(elapsed.as_secs_f64());
@@ -126,14 +130,8 @@ impl ClickHouseSink {
                     self.metrics.fail("insert");
                     let wait = backoff(attempt, self.settings.max_backoff);
                     tracing::error!(rows, attempt, retry_in_ms = wait.as_millis() as u64, error = %chain(&err), "INSERT failed; batch kept for retry");
-                    let until = Instant::now() + wait;
-                    while Instant::now() < until {
-                        if last_progress.elapsed() >= progress_every {
-                            self.signal_progress(&batch.acks).await;
-                            last_progress = Instant::now();
-                        }
-                        tokio::time::sleep_until(until.min(Instant::now() + progress_every)).await;
-                    }
+                    self.keeping_alive(&batch.acks, &mut last_progress, tokio::time::sleep(wait))
+                        .await;
                 }
             }
         }
@@ -148,10 +146,27 @@ impl ClickHouseSink {
         }
     }
 
+    /// Runs `work` while telling JetStream, every third of the ack wait (counted from `last_progress`), that
+    /// the messages of `acks` are still being worked on: an INSERT may take up to `insert_timeout`, and a batch
+    /// is retried for as long as ClickHouse fails.
+    async fn keeping_alive<F: Future>(&self, acks: &[Ack], last_progress: &mut Instant, work: F) -> F::Output {
+        let every = self.settings.ack_wait / 3;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                () = tokio::time::sleep_until(*last_progress + every), if self.nats.is_some() => {
+                    self.signal_progress(acks).await;
+                    *last_progress = Instant::now();
+                }
+            }
+        }
+    }
+
     async fn signal_progress(&self, acks: &[Ack]) {
         let Some(nats) = &self.nats else { return };
         // A lost progress signal is made up by the next one, a third of the ack wait later.
-        send_all(nats, acks, AckKind::Progress, |_| {}).await;
+        send_all(nats, &mut acks.iter(), AckKind::Progress, |_| {}).await;
     }
 
     fn observe_latency(&self, rows: &[EventRow]) {
@@ -169,27 +184,12 @@ impl ClickHouseSink {
 /// Acknowledges the messages of the stored `batch` over `nats` (nothing to do over core NATS), then frees it.
 async fn acknowledge(nats: Option<async_nats::Client>, metrics: Arc<Metrics>, batch: Batch<Ack>) {
     let Some(nats) = nats else { return };
-    send_all(&nats, &batch.acks, AckKind::Ack, |err| {
+    send_all(&nats, &mut batch.acks.iter(), AckKind::Ack, |err| {
         // The row is stored; a redelivery will be inserted again and collapse into it.
         metrics.fail("ack");
         tracing::warn!(error = %err, "failed to acknowledge a stored message");
     })
     .await;
-}
-
-/// Sends `kind` for each of `acks`, handing failures to `on_error`, then flushes so they leave at once.
-async fn send_all(
-    nats: &async_nats::Client,
-    acks: &[Ack],
-    kind: AckKind,
-    mut on_error: impl FnMut(async_nats::PublishError),
-) {
-    for ack in acks {
-        if let Err(err) = ack.send(nats, kind).await {
-            on_error(err);
-        }
-    }
-    let _ = nats.flush().await;
 }
 
 /// Waits for the acknowledging task of the previous batch, if any.

@@ -59,6 +59,21 @@ impl Ack {
     }
 }
 
+/// Sends `kind` for each of `acks`, handing failures to `on_error`, then flushes so they leave at once.
+pub async fn send_all(
+    nats: &async_nats::Client,
+    acks: &mut (dyn Iterator<Item = &Ack> + Send),
+    kind: AckKind,
+    mut on_error: impl FnMut(async_nats::PublishError),
+) {
+    for ack in acks {
+        if let Err(err) = ack.send(nats, kind).await {
+            on_error(err);
+        }
+    }
+    let _ = nats.flush().await;
+}
+
 /// Pulls from `consumer` into `tx` until `shutdown` is cancelled or the receiver is gone.
 ///
 /// Errors of the pull stream (a missed heartbeat, NATS restarting, the consumer or stream deleted) are logged,

@@ -190,11 +190,14 @@ impl Application {
             let letters = DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone());
             DeadLetterWorkers::new(letters, state.metrics.clone(), DEAD_LETTERS_IN_FLIGHT)
         });
+        // Progress signals only mean something for JetStream's messages.
+        let progress = state.jetstream.as_ref().and(state.nats.clone());
         tracker.spawn(pipeline::run(
             PipelineSettings::from_settings(&settings),
             in_rx,
             batch_giver,
             dead_letters,
+            progress,
             state.metrics.clone(),
         ));
         let sink = ClickHouseSink::new(

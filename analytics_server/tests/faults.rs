@@ -43,21 +43,31 @@ async fn a_clickhouse_outage_loses_nothing() {
     app.stop().await;
 }
 
+/// Held anywhere, messages outlive an outage several times their ack wait without being redelivered: the batch
+/// the sink retries, and the batch the pipeline holds behind it, get progress signals.
 #[tokio::test]
 async fn a_long_outage_keeps_messages_from_being_redelivered_or_given_up() {
     let mut stack = Stack::start().await;
-    // A short ack wait: the outage outlasts it several times, so only progress signals keep the batch held.
+    // A short ack wait: the outage outlasts it several times, so only progress signals keep the batches held.
     let app = stack
-        .run_in_process(&[("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "5")])
+        .run_in_process(&[
+            ("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "5"),
+            ("ANALYTICS__BATCH_SIZE", "100"),
+        ])
         .await;
     stack.clickhouse.stop().await;
-    stack.publish_all(&events(300)).await;
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    let events = events(300);
+    // A full batch, which the sink takes and retries; then two more, which wait in the pipeline behind it.
+    stack.publish_all(&events[..100]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.publish_all(&events[100..]).await;
+    tokio::time::sleep(Duration::from_secs(14)).await;
     let stream = stack.js.get_stream("ANALYTICS").await.expect("stream");
     let info = stream.consumer_info("analytics_server").await.expect("consumer");
+    assert_eq!(info.num_ack_pending, 300, "every message held");
     assert_eq!(
         info.num_redelivered, 0,
-        "progress signals stop redelivery while the batch is retried"
+        "progress signals stop redelivery while the batches are held"
     );
     stack.clickhouse.restart().await.expect("restart");
     stack.wait_for_rows(300, Duration::from_secs(60)).await;
