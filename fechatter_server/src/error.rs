@@ -106,3 +106,8 @@ impl IntoResponse for ApiError {
 pub fn is_unique_violation(err: &sqlx::Error, name: &str) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.constraint() == Some(name))
 }
+
+/// `true` when `err` is a foreign-key violation: the row referenced (a chat, a user) was deleted meanwhile.
+pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub latency: Family<RouteLabel, Histogram>,
     /// Analytics events written to the outbox.
     pub events_written: Counter,
+    /// Best-effort analytics events given up (see `Analytics::record_detached`).
+    pub events_dropped: Counter,
     /// Analytics events acknowledged by JetStream.
     pub events_published: Counter,
     /// Analytics publish attempts that failed (the event stays in the outbox).
@@ -61,6 +63,7 @@ impl Metrics {
             requests: Family::default(),
             latency,
             events_written: Counter::default(),
+            events_dropped: Counter::default(),
             events_published: Counter::default(),
             publish_failures: Counter::default(),
             outbox_depth: Gauge::default(),
@@ -81,6 +84,11 @@ impl Metrics {
             "analytics_events_written",
             "Analytics events written to the outbox",
             m.events_written.clone(),
+        );
+        registry.register(
+            "analytics_events_dropped",
+            "Best-effort analytics events (error_occurred) given up: too many being written, or no connection",
+            m.events_dropped.clone(),
         );
         registry.register(
             "analytics_events_published",

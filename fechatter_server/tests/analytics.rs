@@ -5,6 +5,7 @@ mod common;
 
 use common::{TestApp, User, create_analytics_stream, sample};
 use fechatter_protos::v1::AnalyticsEvent;
+use fechatter_server::analytics::MAX_DETACHED_WRITES;
 use prost::Message as _;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
@@ -246,14 +247,60 @@ async fn a_5xx_answer_is_opaque_and_recorded_as_error_occurred() {
         serde_json::json!({"error": "internal", "message": "internal error"}),
         "no detail leaks"
     );
-    let errors = app.outbox_events("fechatter.analytics.error.occurred").await;
-    assert_eq!(errors.len(), 1);
+    // Written after the answer, in a task of its own.
+    let errors = error_events(&app, 1).await;
     assert_eq!(errors[0].user_id(), alice.id.to_string());
     let Some(fechatter_protos::v1::analytics_event::EventType::ErrorOccurred(e)) = &errors[0].event_type else {
         panic!("not an error_occurred event");
     };
     assert_eq!(e.error_code, "500");
     assert!(e.context.starts_with("/api/upload"), "{}", e.context);
+}
+
+/// An upload that fails inside the server once `DROP TABLE files` ran.
+async fn failing_upload(app: &TestApp, user: &User) -> StatusCode {
+    let form = Form::new().part("file", Part::bytes(b"x".to_vec()).file_name("x.txt"));
+    let request = app.request(reqwest::Method::POST, "/api/upload", user).multipart(form);
+    app.send(request).await.0
+}
+
+/// The `error_occurred` rows of the outbox, once there are `n`.
+async fn error_events(app: &TestApp, n: usize) -> Vec<AnalyticsEvent> {
+    wait_until("error_occurred rows", Duration::from_secs(10), || async {
+        let errors = app.outbox_events("fechatter.analytics.error.occurred").await;
+        (errors.len() == n).then_some(errors)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn a_5xx_is_answered_at_once_while_its_event_cannot_be_written_and_excess_events_are_dropped() {
+    let app = TestApp::start(&[]).await;
+    let alice = app.direct_user("Alice", None).await;
+    sqlx::query("DROP TABLE files").execute(&app.pool).await.expect("drop");
+    // Every write to the outbox now waits for this transaction, as it would for a database that hangs.
+    let mut outbox_lock = app.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE analytics_outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *outbox_lock)
+        .await
+        .expect("lock");
+    let excess = 3;
+
+    for n in 0..MAX_DETACHED_WRITES + excess {
+        let answer = tokio::time::timeout(Duration::from_secs(5), failing_upload(&app, &alice)).await;
+        assert_eq!(
+            answer.ok(),
+            Some(StatusCode::INTERNAL_SERVER_ERROR),
+            "failure {n} answered at once, not after its event"
+        );
+    }
+    outbox_lock.rollback().await.expect("unlock");
+
+    // The writes that were waiting complete; the ones beyond the bound were dropped and counted.
+    error_events(&app, MAX_DETACHED_WRITES).await;
+    let dropped = sample(&app.metrics().await, "fechatter_analytics_events_dropped_total");
+    assert_eq!(dropped, excess as f64);
 }
 
 #[tokio::test]

@@ -1,10 +1,13 @@
-//! File upload and download: content-addressed storage, size limit, workspace-only access, no path traversal.
+//! File upload and download: content-addressed storage, size limit, at most `MAX_FILES_PER_UPLOAD` non-empty files
+//! per upload stored all or nothing, workspace-only access, no path traversal.
 
 mod common;
 
 use common::TestApp;
+use fechatter_server::http::MAX_FILES_PER_UPLOAD;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 async fn upload(app: &TestApp, user: &common::User, name: &str, bytes: Vec<u8>) -> (StatusCode, serde_json::Value) {
@@ -127,4 +130,89 @@ async fn a_multipart_body_without_files_is_a_clear_400() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_multipart");
+}
+
+/// An upload of `parts` (name, bytes) as `user`.
+async fn upload_parts(app: &TestApp, user: &common::User, parts: Vec<(String, Vec<u8>)>) -> (StatusCode, Value) {
+    let form = parts.into_iter().fold(Form::new(), |form, (name, bytes)| {
+        form.part("file", Part::bytes(bytes).file_name(name))
+    });
+    app.send(app.request(reqwest::Method::POST, "/api/upload", user).multipart(form))
+        .await
+}
+
+async fn file_rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM files")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count")
+}
+
+fn staged_files(app: &TestApp) -> usize {
+    std::fs::read_dir(app.files_dir.path().join("staging"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_upload_holds_at_most_ten_files_and_no_empty_one() {
+    let app = TestApp::start(&[]).await;
+    let alice = app.direct_user("Alice", None).await;
+    let parts = |n: usize| {
+        (0..n)
+            .map(|i| (format!("{i}.txt"), format!("file {i}").into_bytes()))
+            .collect()
+    };
+
+    let (status, body) = upload_parts(&app, &alice, parts(MAX_FILES_PER_UPLOAD)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["files"].as_array().map(Vec::len), Some(MAX_FILES_PER_UPLOAD));
+
+    let (status, body) = upload_parts(&app, &alice, parts(MAX_FILES_PER_UPLOAD + 1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "too_many_files");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains(&MAX_FILES_PER_UPLOAD.to_string()),
+        "names the limit: {message}"
+    );
+
+    let (status, body) = upload_parts(&app, &alice, vec![("empty.txt".into(), Vec::new())]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "empty_file");
+
+    assert_eq!(
+        file_rows(&app).await,
+        MAX_FILES_PER_UPLOAD as i64,
+        "only the accepted upload stored"
+    );
+    let events = app.outbox_events("fechatter.analytics.file.uploaded").await;
+    assert_eq!(events.len(), MAX_FILES_PER_UPLOAD);
+    assert_eq!(staged_files(&app), 0, "refused parts are not kept");
+}
+
+#[tokio::test]
+async fn a_refused_part_refuses_the_whole_upload() {
+    let app = TestApp::start(&[("FECHATTER__FILES__MAX_UPLOAD_BYTES", "1024")]).await;
+    let alice = app.direct_user("Alice", None).await;
+    let small = b"fits".to_vec();
+    let parts = vec![
+        ("small.txt".to_owned(), small.clone()),
+        ("big.bin".to_owned(), vec![7u8; 4096]),
+    ];
+
+    let (status, body) = upload_parts(&app, &alice, parts).await;
+
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(file_rows(&app).await, 0);
+    assert_eq!(app.outbox_events("fechatter.analytics.file.uploaded").await.len(), 0);
+    assert_eq!(staged_files(&app), 0);
+    let sha = hex::encode(Sha256::digest(&small));
+    let placed = app
+        .files_dir
+        .path()
+        .join(alice.workspace_id.to_string())
+        .join(&sha[..2])
+        .join(&sha);
+    assert!(!placed.exists(), "the first part was not moved into place either");
 }

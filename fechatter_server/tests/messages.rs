@@ -196,6 +196,88 @@ async fn the_same_idempotency_key_returns_the_same_message_and_records_one_event
 }
 
 #[tokio::test]
+async fn a_key_whose_message_was_deleted_sends_a_new_message() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    let path = format!("/api/chats/{chat}/messages");
+    let body = json!({ "content": "once", "idempotency_key": "k-1" });
+    let (status, first) = app.post(&path, &ada, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let first_id = first["id"].as_i64().expect("id");
+    let (status, _) = app.delete(&format!("{path}/{first_id}"), &ada).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // Deletion removes the row, and the key with it (README: the key is free again).
+    let (status, again) = app.post(&path, &ada, body).await;
+
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_ne!(again["id"].as_i64(), Some(first_id));
+    assert_eq!(message_rows(&app).await, 1);
+}
+
+#[tokio::test]
+async fn a_send_to_a_chat_being_deleted_answers_404() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Doomed", &[]).await;
+    let mut deleting = app.pool.begin().await.expect("begin");
+    sqlx::query("DELETE FROM chats WHERE id = $1")
+        .bind(chat)
+        .execute(&mut *deleting)
+        .await
+        .expect("delete");
+
+    // The send passes its membership check (the deletion is not committed), then waits on the chat's row for
+    // its foreign-key check; the deletion commits under it.
+    let path = format!("/api/chats/{chat}/messages");
+    let send = app.post(&path, &ada, json!({ "content": "too late" }));
+    let commit_once_the_send_waits = async {
+        test_support::wait_until(
+            "the send waits for the deletion",
+            std::time::Duration::from_secs(10),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO messages%'",
+                )
+                .fetch_one(&app.pool)
+                .await
+                .expect("activity");
+                (waiting > 0).then_some(())
+            },
+        )
+        .await
+        .expect("the send reached the chat's row");
+        deleting.commit().await.expect("commit");
+    };
+    let ((status, body), ()) = tokio::join!(send, commit_once_the_send_waits);
+
+    assert_eq!(status, StatusCode::NOT_FOUND, "not a foreign-key 500: {body}");
+    assert_eq!(body["error"], "not_found");
+    assert_eq!(message_rows(&app).await, 0);
+    assert!(outbox(&app, "message.sent").await.is_empty());
+}
+
+#[tokio::test]
+async fn empty_optional_numbers_in_the_query_count_as_absent() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    let sent = app.send_message(&ada, chat, "findable words").await;
+    let path = format!("/api/chats/{chat}/messages");
+
+    for query in ["before=&limit=20", "before=&limit=", "limit=", "before="] {
+        let (status, page) = app.get(&format!("{path}?{query}"), &ada).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {page}");
+        assert_eq!(ids(&page), vec![sent], "{query}");
+    }
+    let (status, found) = app.get(&format!("{path}/search?q=findable&limit="), &ada).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(ids(&found), vec![sent]);
+}
+
+#[tokio::test]
 async fn history_pages_newest_first_with_before_and_limit() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;

@@ -1,5 +1,5 @@
 //! Attacks on the chat API, each answered the safe way: forged, tampered, expired and algorithm-confused access
-//! tokens get 401; CORS answers only the configured origins; SQL-injection attempts in search find nothing
+//! tokens get 401; CORS answers only the configured origins, and allows the client headers the API reads; SQL-injection attempts in search find nothing
 //! beyond the caller's chat and change nothing; and the repository holds no secrets. (The authorization matrix,
 //! refresh-token reuse, sign-in/sign-up rate limits and path traversal have their own tests in
 //! authorization.rs, auth.rs and files.rs.)
@@ -146,6 +146,35 @@ async fn cors_answers_only_the_configured_origins() {
         );
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_preflight_allows_the_client_headers_read_into_analytics_events() {
+    let app = TestApp::start(&[("FECHATTER__SERVER__CORS_ORIGINS", "https://chat.example.com")]).await;
+    let requested = "authorization, content-type, x-client-id, x-session-id, x-app-version";
+
+    let preflight = app
+        .http
+        .request(Method::OPTIONS, app.url("/api/chats"))
+        .header("Origin", "https://chat.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", requested)
+        .send()
+        .await
+        .expect("preflight");
+
+    let allowed = preflight
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for header in requested.split(", ") {
+        assert!(
+            allowed.split(',').any(|a| a.trim() == header),
+            "{header} not allowed: {allowed}"
+        );
+    }
 }
 
 /// Every `content` string anywhere in `value`.

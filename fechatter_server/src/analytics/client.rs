@@ -8,6 +8,13 @@ use axum::http::request::Parts;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 
+/// The optional client headers read into every event's context (lower case, as `HeaderName` wants them): the
+/// CORS layer allows exactly these besides `Authorization` and `Content-Type`.
+pub const CLIENT_HEADERS: [&str; 3] = [CLIENT_ID, SESSION_ID, APP_VERSION];
+const CLIENT_ID: &str = "x-client-id";
+const SESSION_ID: &str = "x-session-id";
+const APP_VERSION: &str = "x-app-version";
+
 /// Longest header value kept in an event.
 const MAX_HEADER_CHARS: usize = 256;
 
@@ -58,15 +65,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let app_version = match header(&parts.headers, "x-app-version") {
+        let app_version = match header(&parts.headers, APP_VERSION) {
             v if v.is_empty() => concat!("fechatter_server/", env!("CARGO_PKG_VERSION")).to_owned(),
             v => v,
         };
         Ok(Self {
             ip,
             user_agent: header(&parts.headers, "user-agent"),
-            client_id: header(&parts.headers, "x-client-id"),
-            session_id: header(&parts.headers, "x-session-id"),
+            client_id: header(&parts.headers, CLIENT_ID),
+            session_id: header(&parts.headers, SESSION_ID),
             app_version,
         })
     }

@@ -7,16 +7,26 @@ pub mod event;
 pub mod outbox;
 pub mod publisher;
 
-pub use client::ClientInfo;
+pub use client::{CLIENT_HEADERS, ClientInfo};
 pub use event::{RequestContext, build_event};
 pub use outbox::OutboxRow;
 pub use publisher::{AnalyticsPublisher, PublishError, PublishOutcome, PublisherSettings};
 
 use crate::metrics::Metrics;
 use fechatter_protos::v1::analytics_event::EventType;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use std::sync::Arc;
-use tokio::sync::Notify;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// Most events [`Analytics::record_detached`] writes at once. Each write holds one of the pool's connections, so
+/// this stays a small share of `database.max_connections`: while PostgreSQL is slow, error events must not take
+/// the connections the requests need. Beyond it, events are dropped (and counted), never queued.
+pub const MAX_DETACHED_WRITES: usize = 4;
+
+/// How long a detached write waits for a connection. Short, unlike the pool's own 10 s: nobody waits for the
+/// write, and a database that hands out no connection for a second is not going to take the event soon.
+const DETACHED_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Records analytics events, or nothing when `features.messaging.enabled` is false.
 #[derive(Clone)]
@@ -25,6 +35,8 @@ pub struct Analytics {
     metrics: Arc<Metrics>,
     /// Wakes this process's relay (see [`outbox::run_relay`]) once a row is committed.
     relay_wake: Arc<Notify>,
+    /// Permits of [`Analytics::record_detached`], [`MAX_DETACHED_WRITES`] in all.
+    detached: Arc<Semaphore>,
 }
 
 impl Analytics {
@@ -34,6 +46,7 @@ impl Analytics {
             enabled,
             metrics,
             relay_wake: Arc::new(Notify::new()),
+            detached: Arc::new(Semaphore::new(MAX_DETACHED_WRITES)),
         }
     }
 
@@ -61,6 +74,42 @@ impl Analytics {
         outbox::enqueue(conn, &build_event(kind, request)).await?;
         self.metrics.events_written.inc();
         Ok(())
+    }
+
+    /// Writes an event of `kind` in a task of its own, on a connection of `pool`, for an event that describes no
+    /// change of its own (`error_occurred`): the caller goes on at once. Best effort and bounded: when
+    /// [`MAX_DETACHED_WRITES`] writes are under way, or no connection comes within a second, the event is
+    /// dropped, counted (`fechatter_analytics_events_dropped_total`) and logged at warn.
+    pub fn record_detached(&self, pool: &PgPool, kind: EventType, request: RequestContext) {
+        if !self.enabled {
+            return;
+        }
+        let event = kind.subject_suffix();
+        let Ok(permit) = self.detached.clone().try_acquire_owned() else {
+            self.dropped(event, "too many events being written");
+            return;
+        };
+        let (analytics, pool) = (self.clone(), pool.clone());
+        // Not on the server's task tracker: a write cut short by shutdown loses one best-effort event, and
+        // every write ends within DETACHED_ACQUIRE_TIMEOUT plus one insert anyway.
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = tokio::time::timeout(DETACHED_ACQUIRE_TIMEOUT, pool.acquire()).await;
+            let written = match conn {
+                Ok(Ok(mut conn)) => analytics.record(&mut conn, kind, &request).await,
+                Ok(Err(err)) => Err(err),
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            };
+            if let Err(err) = written {
+                analytics.dropped(event, &crate::error_chain(&err));
+            }
+        });
+    }
+
+    /// Counts and logs an event that was not written.
+    fn dropped(&self, event: &str, why: &str) {
+        self.metrics.events_dropped.inc();
+        tracing::warn!(event, error = why, "analytics event not recorded");
     }
 
     /// The outbox row of an event of `kind`, for a statement that writes it itself; `None` when analytics is

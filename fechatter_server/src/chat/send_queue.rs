@@ -12,6 +12,7 @@
 //! it), each of its sends is written again on its own, so one bad send never fails the others.
 
 use super::store::{self, NewMessage, Sent};
+use crate::error::is_foreign_key_violation;
 use crate::metrics::Metrics;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -127,17 +128,28 @@ async fn write(pool: &PgPool, batch: Vec<Job>) {
 pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Result<Sent, sqlx::Error>> {
     let err = match send_all(pool, &messages).await {
         Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
-        Err(err) if messages.len() == 1 => return vec![Err(err)],
+        Err(err) if messages.len() == 1 && !is_foreign_key_violation(&err) => return vec![Err(err)],
         Err(err) => err,
     };
     tracing::debug!(error = %err, sends = messages.len(), "batched send failed; sending one by one");
     let mut outcomes = Vec::with_capacity(messages.len());
     for message in &messages {
-        let outcome = send_all(pool, std::slice::from_ref(message)).await;
-        // `send_messages` answers exactly one outcome per message, or an error.
-        outcomes.push(outcome.and_then(|sent| sent.into_iter().next().ok_or(sqlx::Error::RowNotFound)));
+        outcomes.push(write_alone(pool, message).await);
     }
     outcomes
+}
+
+/// Writes one send in a statement of its own. A send whose chat was deleted after its membership check fails
+/// the foreign key; written once more, its membership check sees the chat gone, and it is answered as any send
+/// to a missing chat (404), not as a failed statement (500).
+async fn write_alone(pool: &PgPool, message: &NewMessage) -> Result<Sent, sqlx::Error> {
+    let one = std::slice::from_ref(message);
+    let outcome = match send_all(pool, one).await {
+        Err(err) if is_foreign_key_violation(&err) => send_all(pool, one).await,
+        outcome => outcome,
+    };
+    // `send_messages` answers exactly one outcome per message, or an error.
+    outcome.and_then(|sent| sent.into_iter().next().ok_or(sqlx::Error::RowNotFound))
 }
 
 /// One statement on one pooled connection.

@@ -34,18 +34,41 @@ macro_rules! message_columns {
     };
 }
 
-/// The caller's access to chat `chat_id`; 404 when it does not exist or must look absent to them.
-pub async fn access(conn: &mut PgConnection, chat_id: i64, caller: AuthUser) -> Result<Access, ApiError> {
-    let row = sqlx::query(
+/// The statement of [`access`] and [`access_for_change`]: the chat's head and whether `$2` is a member of it.
+macro_rules! access_query {
+    () => {
         "SELECT c.workspace_id, c.owner_id, c.chat_type, \
          EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = $2) AS is_member \
-         FROM chats c WHERE c.id = $1",
-    )
-    .bind(chat_id)
-    .bind(caller.user_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(ApiError::NotFound("chat"))?;
+         FROM chats c WHERE c.id = $1"
+    };
+}
+
+/// The caller's access to chat `chat_id`; 404 when it does not exist or must look absent to them.
+pub async fn access(conn: &mut PgConnection, chat_id: i64, caller: AuthUser) -> Result<Access, ApiError> {
+    let row = sqlx::query(access_query!())
+        .bind(chat_id)
+        .bind(caller.user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    access_of(row, chat_id, caller)
+}
+
+/// [`access`] for a transaction that adds rows referencing the chat (members): it also holds the chat's row
+/// (`FOR KEY SHARE`, the lock the foreign-key check of such an insert takes anyway) until the transaction ends.
+/// Without it, a chat deleted between the check and the insert failed the insert with a foreign-key violation
+/// (500); now the deletion waits for the change, or the change waits for the deletion and gets 404 here.
+pub async fn access_for_change(conn: &mut PgConnection, chat_id: i64, caller: AuthUser) -> Result<Access, ApiError> {
+    let row = sqlx::query(concat!(access_query!(), " FOR KEY SHARE OF c"))
+        .bind(chat_id)
+        .bind(caller.user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    access_of(row, chat_id, caller)
+}
+
+/// The access an [`access_query!`] row grants `caller`; 404 without a row or a role.
+fn access_of(row: Option<sqlx::postgres::PgRow>, chat_id: i64, caller: AuthUser) -> Result<Access, ApiError> {
+    let row = row.ok_or(ApiError::NotFound("chat"))?;
     let chat_type: String = row.try_get("chat_type")?;
     let chat = ChatHead {
         id: chat_id,

@@ -107,6 +107,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// For `#[serde(default, deserialize_with = "empty_as_none")]` on an optional query parameter: `?before=` (a
+/// form sends its empty fields so, and the API's own examples show them) means the parameter is absent, rather
+/// than a number that does not parse.
+pub fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match <Option<String> as serde::Deserialize>::deserialize(deserializer)? {
+        Some(text) if !text.is_empty() => text.parse().map(Some).map_err(serde::de::Error::custom),
+        _ => Ok(None),
+    }
+}
+
 /// A multipart body (uploads).
 pub struct ApiMultipart(pub axum::extract::Multipart);
 
@@ -135,6 +150,26 @@ mod tests {
         );
         assert!(!has_escaped_nul(br#"{"q":"\u0001"}"#));
         assert!(!has_escaped_nul(br#"{"q":"plain"}"#));
+    }
+
+    #[test]
+    fn empty_optional_query_numbers_are_absent() {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default, deserialize_with = "empty_as_none")]
+            before: Option<i64>,
+        }
+        let parse = |query: &str| {
+            let uri: axum::http::Uri = format!("/messages?{query}").parse().expect("uri");
+            axum::extract::Query::<Page>::try_from_uri(&uri).map(|axum::extract::Query(p)| p.before)
+        };
+        assert_eq!(parse("before=").ok(), Some(None));
+        assert_eq!(parse("").ok(), Some(None));
+        assert_eq!(parse("before=42").ok(), Some(Some(42)));
+        assert!(
+            parse("before=x").is_err(),
+            "a value that is not a number is still refused"
+        );
     }
 
     #[test]

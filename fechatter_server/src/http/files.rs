@@ -1,7 +1,8 @@
 //! File upload and download. Files are stored content-addressed under `files.dir`
 //! (`<workspace>/<sha256[..2]>/<sha256>`), so identical uploads share storage and a file's URL is derived
 //! from its content alone. Only members of the file's workspace can read it, and the path is built from a
-//! validated hex digest and numeric ids, never from user-supplied names: path traversal is impossible.
+//! validated hex digest and numeric ids, never from user-supplied names: path traversal is impossible. An upload
+//! holds 1 to [`MAX_FILES_PER_UPLOAD`] non-empty files and is stored all or nothing.
 
 use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
@@ -10,7 +11,8 @@ use crate::http::extract::{ApiMultipart, ApiPath};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::multipart::{Field, MultipartError};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fechatter_protos::v1::analytics_event::EventType;
@@ -23,6 +25,10 @@ use tokio::io::AsyncWriteExt as _;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+/// Most file parts in one upload. Part of the API (README, OpenAPI description): each part is a stored file,
+/// a row and an analytics event, so a request must not bring an unbounded number of them.
+pub const MAX_FILES_PER_UPLOAD: usize = 10;
 
 /// Room for multipart framing on top of `files.max_upload_bytes`.
 const MULTIPART_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -81,9 +87,18 @@ fn clean_name(name: Option<&str>) -> String {
 }
 
 /// Upload files (multipart; each part is one file).
+///
+/// All or nothing: every part is received into `staging/` first, and only once all of them arrived whole (none
+/// empty, none too large, at most [`MAX_FILES_PER_UPLOAD`]) are they moved into place and recorded, in one
+/// transaction with their `file_uploaded` events. A refused upload leaves no row, event or staged file behind.
 #[utoipa::path(post, path = "/api/upload", tag = "files",
-    request_body(content_type = "multipart/form-data", description = "one or more file parts"),
-    responses((status = 201, body = Uploaded), (status = 400), (status = 401), (status = 413)),
+    // Keep the number in step with MAX_FILES_PER_UPLOAD (a unit test checks it).
+    request_body(content_type = "multipart/form-data",
+        description = "1 to 10 file parts, none empty; all are stored, or none (any refused part refuses the upload)"),
+    responses((status = 201, body = Uploaded),
+        (status = 400, description = "No file part (`no_files`), more than 10 (`too_many_files`), an empty file \
+            (`empty_file`), or a malformed body"),
+        (status = 401), (status = 413)),
     security(("bearer" = [])))]
 async fn upload(
     State(state): State<AppState>,
@@ -91,98 +106,165 @@ async fn upload(
     client: ClientInfo,
     ApiMultipart(mut multipart): ApiMultipart,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
-    let root = state.settings.files.dir.clone();
-    let max = state.settings.files.max_upload_bytes;
-    let mut stored = Vec::new();
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(e.status(), e.body_text()))?
-    {
-        let started = Instant::now();
-        let name = clean_name(field.file_name());
-        let content_type = field
-            .content_type()
-            .unwrap_or("application/octet-stream")
-            .chars()
-            .take(100)
-            .collect::<String>();
-        let staging_dir = root.join("staging");
-        tokio::fs::create_dir_all(&staging_dir).await.map_err(internal)?;
-        let staging = staging_dir.join(uuid::Uuid::new_v4().to_string());
-        let mut out = tokio::fs::File::create(&staging).await.map_err(internal)?;
-        let mut hasher = Sha256::new();
-        let mut size = 0usize;
-        let result = async {
-            while let Some(chunk) = field
-                .chunk()
-                .await
-                .map_err(|e| multipart_error(e.status(), e.body_text()))?
-            {
-                size += chunk.len();
-                if size > max {
-                    return Err(ApiError::PayloadTooLarge(format!(
-                        "file exceeds {max} bytes (files.max_upload_bytes)"
-                    )));
-                }
-                hasher.update(&chunk);
-                out.write_all(&chunk).await.map_err(internal)?;
-            }
-            out.flush().await.map_err(internal)?;
-            Ok(())
-        }
-        .await;
-        if let Err(err) = result {
-            let _ = tokio::fs::remove_file(&staging).await;
-            return Err(err);
-        }
-        let sha256 = hex::encode(hasher.finalize());
-        let target = storage_path(&root, user.workspace_id, &sha256);
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(internal)?;
-        }
-        // Same content, same name: a rename over an identical file is harmless.
-        tokio::fs::rename(&staging, &target).await.map_err(internal)?;
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
-        let mut tx = state.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO files (workspace_id, sha256, size_bytes, content_type, file_name, uploaded_by) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, sha256) DO NOTHING",
-        )
-        .bind(user.workspace_id)
-        .bind(&sha256)
-        .bind(size)
-        .bind(&content_type)
-        .bind(&name)
-        .bind(user.user_id)
-        .execute(&mut *tx)
-        .await?;
-        let kind = EventType::FileUploaded(FileUploadedEvent {
-            file_type: content_type.clone(),
-            file_size: size,
-            upload_method: "multipart".into(),
-            upload_duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
-        });
-        state
-            .analytics
-            .record(&mut tx, kind, &client.context(user.user_id, user.workspace_id))
-            .await?;
-        tx.commit().await?;
-        stored.push(StoredFile {
-            url: format!("/api/files/{}/{sha256}", user.workspace_id),
-            sha256,
-            size,
-            content_type,
-            name,
-        });
-    }
-    if stored.is_empty() {
+    let root = &state.settings.files.dir;
+    let staged = receive_all(&mut multipart, root, state.settings.files.max_upload_bytes).await?;
+    if staged.is_empty() {
         return Err(ApiError::bad_request(
             "no_files",
             "the multipart body holds no file part",
         ));
     }
-    Ok((StatusCode::CREATED, Json(Uploaded { files: stored })))
+    for (i, file) in staged.iter().enumerate() {
+        if let Err(err) = place(root, user.workspace_id, file).await {
+            discard(&staged[i..]).await;
+            return Err(err);
+        }
+    }
+    let mut tx = state.pool.begin().await?;
+    let context = client.context(user.user_id, user.workspace_id);
+    for file in &staged {
+        sqlx::query(
+            "INSERT INTO files (workspace_id, sha256, size_bytes, content_type, file_name, uploaded_by) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, sha256) DO NOTHING",
+        )
+        .bind(user.workspace_id)
+        .bind(&file.sha256)
+        .bind(file.size)
+        .bind(&file.content_type)
+        .bind(&file.name)
+        .bind(user.user_id)
+        .execute(&mut *tx)
+        .await?;
+        let kind = EventType::FileUploaded(FileUploadedEvent {
+            file_type: file.content_type.clone(),
+            file_size: file.size,
+            upload_method: "multipart".into(),
+            upload_duration_ms: file.duration_ms,
+        });
+        state.analytics.record(&mut tx, kind, &context).await?;
+    }
+    tx.commit().await?;
+    let files = staged
+        .into_iter()
+        .map(|file| StoredFile {
+            url: format!("/api/files/{}/{}", user.workspace_id, file.sha256),
+            sha256: file.sha256,
+            size: file.size,
+            content_type: file.content_type,
+            name: file.name,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(Uploaded { files })))
+}
+
+/// A part received whole into `staging/`, not yet in place.
+struct Staged {
+    /// Where it waits.
+    path: PathBuf,
+    /// Hex SHA-256 of the content.
+    sha256: String,
+    /// Size in bytes (never 0).
+    size: i64,
+    /// Content type given at upload (100 characters at most).
+    content_type: String,
+    /// Cleaned file name.
+    name: String,
+    /// How long receiving it took, for its `file_uploaded` event.
+    duration_ms: i32,
+}
+
+/// Receives every part of `multipart` into `root/staging`; on any refusal, removes what it staged.
+async fn receive_all(multipart: &mut Multipart, root: &Path, max_bytes: usize) -> Result<Vec<Staged>, ApiError> {
+    let staging_dir = root.join("staging");
+    tokio::fs::create_dir_all(&staging_dir).await.map_err(internal)?;
+    let mut staged = Vec::new();
+    let received = async {
+        while let Some(field) = multipart.next_field().await.map_err(multipart_refusal)? {
+            // Refused before reading the part: each part costs a file, a row and an event.
+            if staged.len() == MAX_FILES_PER_UPLOAD {
+                return Err(ApiError::bad_request(
+                    "too_many_files",
+                    format!("an upload holds at most {MAX_FILES_PER_UPLOAD} files"),
+                ));
+            }
+            staged.push(receive(field, &staging_dir, max_bytes).await?);
+        }
+        Ok(())
+    }
+    .await;
+    match received {
+        Ok(()) => Ok(staged),
+        Err(err) => {
+            discard(&staged).await;
+            Err(err)
+        }
+    }
+}
+
+/// Receives one part into a new file of `staging_dir`, hashing it on the way; removes the file when refused.
+async fn receive(mut field: Field<'_>, staging_dir: &Path, max_bytes: usize) -> Result<Staged, ApiError> {
+    let started = Instant::now();
+    let name = clean_name(field.file_name());
+    let content_type = field
+        .content_type()
+        .unwrap_or("application/octet-stream")
+        .chars()
+        .take(100)
+        .collect::<String>();
+    let path = staging_dir.join(uuid::Uuid::new_v4().to_string());
+    let mut out = tokio::fs::File::create(&path).await.map_err(internal)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0usize;
+    let written = async {
+        while let Some(chunk) = field.chunk().await.map_err(multipart_refusal)? {
+            size += chunk.len();
+            if size > max_bytes {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "file exceeds {max_bytes} bytes (files.max_upload_bytes)"
+                )));
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(internal)?;
+        }
+        if size == 0 {
+            return Err(ApiError::bad_request("empty_file", format!("file {name:?} is empty")));
+        }
+        out.flush().await.map_err(internal)
+    }
+    .await;
+    if let Err(err) = written {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(err);
+    }
+    Ok(Staged {
+        path,
+        sha256: hex::encode(hasher.finalize()),
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        content_type,
+        name,
+        duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
+    })
+}
+
+/// Moves a staged file to its content address in `workspace_id`.
+async fn place(root: &Path, workspace_id: i64, file: &Staged) -> Result<(), ApiError> {
+    let target = storage_path(root, workspace_id, &file.sha256);
+    if let Some(parent) = target.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(internal)?;
+    }
+    // Same content, same name: a rename over an identical file is harmless.
+    tokio::fs::rename(&file.path, &target).await.map_err(internal)
+}
+
+/// Removes staged files of a refused upload (best effort: the refusal is what the client needs to hear).
+async fn discard(staged: &[Staged]) {
+    for file in staged {
+        let _ = tokio::fs::remove_file(&file.path).await;
+    }
+}
+
+fn multipart_refusal(err: MultipartError) -> ApiError {
+    multipart_error(err.status(), err.body_text())
 }
 
 fn multipart_error(status: StatusCode, text: String) -> ApiError {
@@ -248,6 +330,16 @@ async fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_description_states_the_part_limit() {
+        let (_, doc) = router(1024).split_for_parts();
+        let doc = serde_json::to_string(&doc).expect("json");
+        assert!(
+            doc.contains(&format!("1 to {MAX_FILES_PER_UPLOAD} file parts")),
+            "the upload's description must name MAX_FILES_PER_UPLOAD"
+        );
+    }
 
     #[test]
     fn only_lower_case_sha256_hex_is_accepted() {

@@ -84,7 +84,8 @@ async fn add_members(
     ApiJson(body): ApiJson<AddMembers>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let access = store::access(&mut tx, chat_id, user).await?;
+    // Locked: a chat deleted meanwhile answers 404 here, not a foreign-key violation at the insert.
+    let access = store::access_for_change(&mut tx, chat_id, user).await?;
     let ids = validate::user_ids(&body.user_ids)?;
     if ids.is_empty() {
         return Err(ApiError::bad_request(

@@ -10,7 +10,7 @@ use crate::auth::AuthUser;
 use crate::chat::store::{self, NewMessage, Sent};
 use crate::chat::{Message, validate};
 use crate::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, empty_as_none};
 use crate::live::{self, LiveKind, Notice};
 use crate::state::AppState;
 use axum::Json;
@@ -43,7 +43,8 @@ pub struct SendMessage {
     #[serde(default)]
     pub files: Vec<String>,
     /// Sending again with the same key (same sender, same chat) returns the first message instead of
-    /// creating another: retry safely. 1 to 128 characters.
+    /// creating another: retry safely. Deleting that message frees the key (deleted messages are removed, not
+    /// hidden, so nothing remembers it). 1 to 128 characters.
     pub idempotency_key: Option<String>,
 }
 
@@ -59,9 +60,11 @@ pub struct EditMessage {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// Only messages older than this message id (the last id of the previous page).
+    /// Only messages older than this message id (the last id of the previous page); empty means absent.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub before: Option<i64>,
-    /// Messages per page, 1 to 100 (default 50).
+    /// Messages per page, 1 to 100 (default 50, also when empty).
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub limit: Option<i64>,
 }
 
@@ -71,7 +74,8 @@ pub struct HistoryQuery {
 pub struct SearchQuery {
     /// Words to find, 1 to 200 characters; web-search syntax: `"exact phrase"`, `or`, `-excluded`.
     pub q: String,
-    /// Results, 1 to 100 (default 50).
+    /// Results, 1 to 100 (default 50, also when empty).
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub limit: Option<i64>,
 }
 
@@ -89,6 +93,8 @@ pub struct SearchQuery {
         (status = 401, description = "Missing or invalid access token"),
         (status = 403, description = "Not a member of this public channel"),
         (status = 404, description = "No such chat visible to the caller"),
+        (status = 409, description = "The idempotency key's message was deleted while this send was answered \
+            (`idempotency_key_reused`)"),
     ),
     security(("bearer" = []))
 )]
@@ -142,8 +148,7 @@ async fn send_message(
                     Some(key) => store::message_by_key(&mut conn, chat_id, user.user_id, key).await?,
                     None => None,
                 };
-                let original = original.ok_or_else(|| anyhow::anyhow!("message insert conflicted without a match"))?;
-                return Ok((StatusCode::OK, Json(original)));
+                return Ok((StatusCode::OK, Json(replayed(original)?)));
             }
             Sent::NotMember => {
                 let mut conn = state.pool.acquire().await?;
@@ -152,6 +157,18 @@ async fn send_message(
         }
     }
     Err(anyhow::anyhow!("membership of chat {chat_id} changed during the send").into())
+}
+
+/// The answer to a send whose idempotency key is taken: the key's message, read after the statement. Absent when
+/// it was deleted in between: the key's message existed but cannot be answered, and sending a new one would break
+/// the key's promise, so 409.
+fn replayed(original: Option<Message>) -> Result<Message, ApiError> {
+    original.ok_or_else(|| {
+        ApiError::Conflict(
+            "idempotency_key_reused",
+            "idempotency_key was used for a message that has since been deleted; send with a new key".into(),
+        )
+    })
 }
 
 /// A page of a chat's history, newest first (members only).
@@ -296,4 +313,31 @@ async fn search_messages(
         .record(&mut conn, kind, &client.context(user.user_id, user.workspace_id))
         .await?;
     Ok(Json(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_whose_message_was_deleted_meanwhile_is_a_409_naming_the_key() {
+        let refused = replayed(None).expect_err("no message to answer");
+        assert_eq!(refused.status(), StatusCode::CONFLICT);
+        assert_eq!(refused.code(), "idempotency_key_reused");
+        assert!(refused.to_string().contains("deleted"), "{refused}");
+    }
+
+    #[test]
+    fn a_replay_answers_the_keys_message() {
+        let original = Message {
+            id: 7,
+            chat_id: 1,
+            sender_id: 2,
+            content: "hello".into(),
+            files: Vec::new(),
+            created_at: chrono::Utc::now(),
+            edited_at: None,
+        };
+        assert_eq!(replayed(Some(original.clone())).ok(), Some(original));
+    }
 }

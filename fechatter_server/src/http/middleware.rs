@@ -1,14 +1,15 @@
 //! Layers every route shares: request metrics by matched route, the JSON body limit, CORS limited to the
-//! configured origins, request tracing, an `error_occurred` analytics event for every 5xx answer, JSON 404/405
-//! fallbacks, and `Connection: close` after refusing a request whose body was not read.
+//! configured origins, request tracing, an `error_occurred` analytics event for every 5xx answer (written beside
+//! the answer, never holding it up; best effort), JSON 404/405 fallbacks, and `Connection: close` after refusing a
+//! request whose body was not read.
 
-use crate::analytics::ClientInfo;
+use crate::analytics::{CLIENT_HEADERS, ClientInfo};
 use crate::error::InternalErrorReport;
 use crate::metrics::{RouteLabel, RouteLabels};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use fechatter_protos::v1::ErrorOccurredEvent;
@@ -28,7 +29,7 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+        .allow_headers(allowed_headers());
     router
         .fallback(fechatter_service::http::not_found)
         .method_not_allowed_fallback(fechatter_service::http::method_not_allowed)
@@ -37,6 +38,16 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
+}
+
+/// The request headers browsers may send cross-origin: the credentials, the body's type, and the client
+/// headers every analytics event's context is read from (a preflight refusing those would drop them).
+fn allowed_headers() -> Vec<HeaderName> {
+    let client = CLIENT_HEADERS.into_iter().map(HeaderName::from_static);
+    [header::AUTHORIZATION, header::CONTENT_TYPE]
+        .into_iter()
+        .chain(client)
+        .collect()
 }
 
 /// Counts and times the request; records `error_occurred` when the answer is a 5xx.
@@ -85,13 +96,11 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             stack_trace: String::new(),
             context: format!("{route}: {}", report.0.chars().take(512).collect::<String>()),
         });
-        let context = client.context(user_id, workspace_id);
-        // Best effort, in its own transaction: the request already failed, and the database may be why.
-        if let Ok(mut conn) = state.pool.acquire().await
-            && let Err(e) = state.analytics.record(&mut conn, kind, &context).await
-        {
-            tracing::warn!(error = %e, "could not record error_occurred");
-        }
+        // Best effort, in its own transaction and its own task: the request already failed, and the database may
+        // be why; waiting for a connection here delayed the 500 by the pool's acquire timeout.
+        state
+            .analytics
+            .record_detached(&state.pool, kind, client.context(user_id, workspace_id));
     }
     response
 }

@@ -14,6 +14,8 @@ mod messages;
 mod middleware;
 mod users;
 
+pub use files::MAX_FILES_PER_UPLOAD;
+
 use crate::state::AppState;
 use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
