@@ -10,8 +10,6 @@ use fechatter_protos::v1::AnalyticsEvent;
 use fechatter_protos::v1::analytics_event::EventType;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::time::Duration;
-use test_support::wait_until;
 
 /// The analytics events in the outbox on `subject` (e.g. `chat.created`), oldest first. Nothing relays them:
 /// the test NATS server has no ANALYTICS stream, so every publish fails and the rows stay.
@@ -422,32 +420,10 @@ async fn joining_a_chat_while_it_is_being_deleted_answers_404() {
     let ada = app.direct_user("Ada", None).await;
     let carl = app.direct_user("Carl", Some(ada.workspace_id)).await;
     let channel = create(&app, &ada, "Doomed", "public_channel", &[]).await;
-    let mut deleting = app.pool.begin().await.expect("begin");
-    sqlx::query("DELETE FROM chats WHERE id = $1")
-        .bind(channel)
-        .execute(&mut *deleting)
-        .await
-        .expect("delete");
-
     // The join runs between the deletion and its commit: it must wait for the deletion, then find no chat.
     let path = format!("/api/chats/{channel}/members");
     let join = app.post(&path, &carl, json!({ "user_ids": [carl.id] }));
-    let commit_once_the_join_waits = async {
-        wait_until("the join waits for the deletion", Duration::from_secs(10), || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE '%chat_members%'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .expect("activity");
-            (waiting > 0).then_some(())
-        })
-        .await
-        .expect("the join reached the chat's row");
-        deleting.commit().await.expect("commit");
-    };
-    let ((status, body), ()) = tokio::join!(join, commit_once_the_join_waits);
+    let (status, body) = app.racing_chat_deletion(channel, "chat_members", join).await;
 
     assert_eq!(status, StatusCode::NOT_FOUND, "not a foreign-key 500: {body}");
     assert_eq!(body["error"], "not_found");

@@ -221,37 +221,11 @@ async fn a_send_to_a_chat_being_deleted_answers_404() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Doomed", &[]).await;
-    let mut deleting = app.pool.begin().await.expect("begin");
-    sqlx::query("DELETE FROM chats WHERE id = $1")
-        .bind(chat)
-        .execute(&mut *deleting)
-        .await
-        .expect("delete");
-
     // The send passes its membership check (the deletion is not committed), then waits on the chat's row for
     // its foreign-key check; the deletion commits under it.
     let path = format!("/api/chats/{chat}/messages");
     let send = app.post(&path, &ada, json!({ "content": "too late" }));
-    let commit_once_the_send_waits = async {
-        test_support::wait_until(
-            "the send waits for the deletion",
-            std::time::Duration::from_secs(10),
-            || async {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO messages%'",
-                )
-                .fetch_one(&app.pool)
-                .await
-                .expect("activity");
-                (waiting > 0).then_some(())
-            },
-        )
-        .await
-        .expect("the send reached the chat's row");
-        deleting.commit().await.expect("commit");
-    };
-    let ((status, body), ()) = tokio::join!(send, commit_once_the_send_waits);
+    let (status, body) = app.racing_chat_deletion(chat, "INSERT INTO messages", send).await;
 
     assert_eq!(status, StatusCode::NOT_FOUND, "not a foreign-key 500: {body}");
     assert_eq!(body["error"], "not_found");

@@ -300,6 +300,46 @@ impl TestApp {
         }
     }
 
+    /// Runs `request` while the deletion of chat `chat` is under way, and commits the deletion once a statement
+    /// whose text holds `statement` waits for a lock (the chat's row): the request races the deletion at its
+    /// worst moment, past its access check and before its write.
+    pub async fn racing_chat_deletion(
+        &self,
+        chat: i64,
+        statement: &str,
+        request: impl std::future::Future<Output = (StatusCode, Value)>,
+    ) -> (StatusCode, Value) {
+        let mut deleting = self.pool.begin().await.expect("begin");
+        sqlx::query("DELETE FROM chats WHERE id = $1")
+            .bind(chat)
+            .execute(&mut *deleting)
+            .await
+            .expect("delete");
+        let pattern = format!("%{statement}%");
+        let commit_once_the_request_waits = async {
+            test_support::wait_until(
+                "the request waits for the deletion",
+                Duration::from_secs(10),
+                || async {
+                    let waiting: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND query LIKE $1",
+                    )
+                    .bind(&pattern)
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("activity");
+                    (waiting > 0).then_some(())
+                },
+            )
+            .await
+            .expect("the request reached the chat's row");
+            deleting.commit().await.expect("commit");
+        };
+        let (answer, ()) = tokio::join!(request, commit_once_the_request_waits);
+        answer
+    }
+
     /// Outbox rows of `subject`, decoded.
     pub async fn outbox_events(&self, subject: &str) -> Vec<fechatter_protos::v1::AnalyticsEvent> {
         use prost::Message as _;
