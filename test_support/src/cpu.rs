@@ -193,7 +193,7 @@ impl CpuUse {
     /// the machine was.
     pub fn line(&self) -> String {
         // The kernel's share tells file-system work apart: ClickHouse 18.16 writes two files per column per
-        // INSERT, and on some file systems creating them costs more than the INSERT itself (see README.md).
+        // INSERT, and on some file systems creating them costs more than the INSERT itself (see docs/benchmarks.md).
         let parts: Vec<String> = self
             .programs
             .iter()

@@ -15,7 +15,7 @@ use crate::process::ChildProcess;
 
 /// Set to `1` to keep each server's temporary directory (its data and log) instead of deleting it
 /// when the server is dropped: to look at a failed run, or to keep one benchmark run's clean-up from
-/// slowing the next (see README.md, Benchmarks).
+/// slowing the next (see docs/benchmarks.md, the file-system note).
 pub const KEEP_DATA_VAR: &str = "TEST_SUPPORT_KEEP_DATA";
 
 /// Creates a temporary directory named `prefix…`, deleted when dropped unless [`KEEP_DATA_VAR`] is
