@@ -358,6 +358,7 @@ fn build_rows(events: &[AnalyticsEvent]) -> Result<(Vec<EventRow>, Duration)> {
                 subject,
                 stream: "ANALYTICS",
                 stream_sequence: i as u64 + 1,
+                published_ns: 0,
                 index: 0,
                 ingested_at,
             };

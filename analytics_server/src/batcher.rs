@@ -121,6 +121,7 @@ mod tests {
             subject: "s",
             stream: "S",
             stream_sequence: 1,
+            published_ns: 0,
             index: 0,
             ingested_at: 0,
         };

@@ -89,8 +89,12 @@ impl DeadLetters {
         headers.insert(HEADER_REASON, reason);
         headers.insert(HEADER_DELIVERED, message.delivered.to_string().as_str());
         headers.insert(HEADER_SEQUENCE, message.stream_sequence.to_string().as_str());
-        // The same poison message dead-lettered twice (its Term was lost) is stored once.
-        let id = format!("dlq-{}-{}", self.stream, message.stream_sequence);
+        // The same poison message dead-lettered twice (its Term was lost) is stored once; its publication time
+        // keeps it apart from another message of the same sequence in a re-created stream.
+        let id = format!(
+            "dlq-{}-{}-{}",
+            self.stream, message.stream_sequence, message.published_ns
+        );
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         // A message near NATS's `max_payload` leaves no room for the headers: its copy would be refused on every
         // redelivery, forever. Such a copy keeps the start of the payload and says how long it was.

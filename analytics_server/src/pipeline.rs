@@ -190,6 +190,7 @@ async fn handle(
             let Incoming {
                 subject,
                 stream_sequence,
+                published_ns,
                 ack,
                 ..
             } = message;
@@ -208,6 +209,7 @@ async fn handle(
                     subject: &subject,
                     stream: &settings.stream,
                     stream_sequence,
+                    published_ns,
                     index,
                     ingested_at,
                 };
@@ -259,6 +261,7 @@ mod tests {
             payload: event.encode_to_vec().into(),
             headers: None,
             stream_sequence: sequence,
+            published_ns: 0,
             delivered: 1,
             pending: 0,
             ack: Ack::None,

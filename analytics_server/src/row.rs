@@ -83,19 +83,28 @@ pub struct Origin<'a> {
     pub stream: &'a str,
     /// Stream sequence of the message (0 when unknown).
     pub stream_sequence: u64,
+    /// When JetStream stored the message, nanoseconds since the epoch (0 when unknown).
+    pub published_ns: i128,
     /// Position of the event inside a batch message (0 for single events).
     pub index: usize,
     /// Ingest time, seconds since the epoch.
     pub ingested_at: u32,
 }
 
-/// The id a legacy event without `event_id` gets: the same for every redelivery of the same message.
+/// The id a legacy event without `event_id` gets: the same for every redelivery of the same message, and
+/// different for any other message. The stream's sequence alone is not enough: a stream deleted and re-created
+/// (by an operator, or with a NATS server's lost storage; the ingester re-creates it) numbers its messages from 1
+/// again, and the ReplacingMergeTree would then collapse new events into old ones. The time JetStream stored the
+/// message tells them apart.
 pub fn legacy_event_id(origin: &Origin<'_>) -> String {
     if origin.stream_sequence == 0 {
         // Core NATS has no sequence: nothing is redelivered there, so a random id cannot duplicate.
         return Uuid::new_v4().to_string();
     }
-    let name = format!("{}/{}/{}", origin.stream, origin.stream_sequence, origin.index);
+    let name = format!(
+        "{}/{}/{}/{}",
+        origin.stream, origin.published_ns, origin.stream_sequence, origin.index
+    );
     Uuid::new_v5(&LEGACY_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
@@ -198,6 +207,7 @@ mod tests {
             subject: "fechatter.analytics.user.login",
             stream: "ANALYTICS",
             stream_sequence: seq,
+            published_ns: 1_700_000_000_123_456_789,
             index,
             ingested_at: 1_700_000_000,
         }
@@ -217,6 +227,13 @@ mod tests {
         assert_eq!(legacy_event_id(&origin(42, 3)), legacy_event_id(&origin(42, 3)));
         assert_ne!(legacy_event_id(&origin(42, 3)), legacy_event_id(&origin(42, 4)));
         assert_ne!(legacy_event_id(&origin(42, 3)), legacy_event_id(&origin(43, 3)));
+    }
+
+    #[test]
+    fn a_recreated_stream_numbering_from_1_again_gives_new_ids() {
+        let mut again = origin(42, 3);
+        again.published_ns += 86_400_000_000_000;
+        assert_ne!(legacy_event_id(&origin(42, 3)), legacy_event_id(&again));
     }
 
     #[test]

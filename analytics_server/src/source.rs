@@ -29,6 +29,9 @@ pub struct Incoming {
     pub headers: Option<async_nats::HeaderMap>,
     /// Stream sequence (0 over core NATS).
     pub stream_sequence: u64,
+    /// When JetStream stored it, in nanoseconds since the epoch (0 over core NATS). With the sequence it names
+    /// the message uniquely, also across a stream deleted and re-created, whose sequences start again at 1.
+    pub published_ns: i128,
     /// How many times JetStream has delivered it (1 over core NATS).
     pub delivered: i64,
     /// Messages JetStream still held for the consumer, undelivered, when it sent this one: the backlog behind
@@ -132,10 +135,17 @@ pub async fn run_jetstream(
                         failed = false;
                         backoff = Duration::from_millis(100);
                     }
-                    let (stream_sequence, delivered, pending) = message
+                    let (stream_sequence, published_ns, delivered, pending) = message
                         .info()
-                        .map(|i| (i.stream_sequence, i.delivered, i.pending))
-                        .unwrap_or((0, 1, 0));
+                        .map(|i| {
+                            (
+                                i.stream_sequence,
+                                i.published.unix_timestamp_nanos(),
+                                i.delivered,
+                                i.pending,
+                            )
+                        })
+                        .unwrap_or((0, 0, 1, 0));
                     let message: async_nats::Message = message.into();
                     let Some(reply) = message.reply.clone() else {
                         tracing::warn!(subject = %message.subject, "JetStream message without a reply subject");
@@ -146,6 +156,7 @@ pub async fn run_jetstream(
                         payload: message.payload,
                         headers: message.headers,
                         stream_sequence,
+                        published_ns,
                         delivered,
                         pending,
                         ack: Ack::JetStream(reply),
@@ -196,6 +207,7 @@ pub async fn run_core(
             payload: message.payload,
             headers: message.headers,
             stream_sequence: 0,
+            published_ns: 0,
             delivered: 1,
             pending: 0,
             ack: Ack::None,

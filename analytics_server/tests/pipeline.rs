@@ -99,6 +99,53 @@ async fn legacy_events_without_an_id_get_a_stable_one() {
     app.stop().await;
 }
 
+/// A stream deleted and re-created numbers its messages from 1 again: a legacy event there must not take the id
+/// of the old event of the same sequence (the ReplacingMergeTree would collapse the two, losing one).
+#[tokio::test]
+async fn legacy_events_of_a_recreated_stream_do_not_replace_older_ones() {
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let legacy = |index: usize| {
+        let mut event = sample_events().remove(index);
+        if let Some(ctx) = event.context.as_mut() {
+            ctx.event_id.clear();
+        }
+        event
+    };
+    let first = legacy(3);
+    stack
+        .publish_raw(&first.subject().expect("typed"), first.encode_to_vec())
+        .await;
+    stack.wait_for_rows(1, WAIT).await;
+
+    stack
+        .js
+        .delete_stream("ANALYTICS")
+        .await
+        .expect("an operator deletes the stream");
+    // The ingester re-creates the stream and its consumer; publish once it has.
+    test_support::wait_until("the stream is back", WAIT, || async {
+        let mut stream = stack.js.get_stream("ANALYTICS").await.ok()?;
+        let info = stream.info().await.ok()?;
+        (info.state.consumer_count > 0).then_some(())
+    })
+    .await
+    .expect("stream re-created");
+    let second = legacy(2);
+    let ack = stack
+        .js
+        .publish(second.subject().expect("typed"), second.encode_to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(ack.sequence, 1, "the new stream numbers from 1 again");
+    stack.wait_for_rows(2, WAIT).await;
+    let rows = stack.rows().await;
+    assert_ne!(rows[0].event_id, rows[1].event_id);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
     let stack = Stack::start().await;
