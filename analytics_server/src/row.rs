@@ -18,7 +18,7 @@ const LEGACY_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a4e_93d0_4b7a_8e52_0c1
 /// RowBinary carries no column names (the round-trip tests catch a mismatch).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct EventRow {
-    /// Dedup key: the publisher's UUID, or a deterministic one from stream and sequence.
+    /// Dedup key: the publisher's UUID, or a deterministic one from the stream, the publication time and the sequence.
     pub event_id: String,
     /// The oneof's field name, e.g. `user_login`.
     pub event_type: String,
