@@ -20,8 +20,7 @@ use crate::decode::{Limits, decode, subject_mismatch};
 use crate::handoff::Giver;
 use crate::metrics::Metrics;
 use crate::row::{Origin, to_row};
-use crate::source::{Ack, Incoming, send_all};
-use async_nats::jetstream::AckKind;
+use crate::source::{Ack, Incoming, signal_progress};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,8 +108,8 @@ pub async fn run(
             }
             _ = sleep_until(keep_alive), if keep_alive.is_some() => {
                 if let Some(nats) = &nats {
-                    let mut held = batch.acks.iter().chain(waiting.iter().map(|m| &m.ack));
-                    send_all(nats, &mut held, AckKind::Progress, |_| {}).await;
+                    let held = batch.acks.iter().chain(waiting.iter().map(|m| &m.ack));
+                    signal_progress(nats, held, settings.keep_alive);
                 }
                 signalled = Some(Instant::now());
                 continue;

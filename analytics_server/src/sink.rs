@@ -10,7 +10,7 @@ use crate::handoff::Taker;
 use crate::metrics::Metrics;
 use crate::row::EventRow;
 use crate::schema::EVENTS_TABLE;
-use crate::source::{Ack, send_all};
+use crate::source::{Ack, signal_progress};
 use async_nats::jetstream::AckKind;
 use fechatter_service::error::chain;
 use rand::Rng;
@@ -101,8 +101,10 @@ impl ClickHouseSink {
             return;
         }
         let mut attempt = 0u32;
-        // The pipeline signalled progress at most a third of the ack wait ago: starting the count afresh keeps
-        // every gap under two thirds of it.
+        // The pipeline signalled the batch's messages a third of the ack wait after the batch opened, and every
+        // third after that: counting afresh from the hand-over keeps those gaps under two thirds of it. (A message
+        // that waited in the source's channel before joining the batch may have had less: see README, Delivery
+        // guarantees.)
         let mut last_progress = Instant::now();
         loop {
             let started = Instant::now();
@@ -156,17 +158,13 @@ impl ClickHouseSink {
             tokio::select! {
                 output = &mut work => return output,
                 () = tokio::time::sleep_until(*last_progress + every), if self.nats.is_some() => {
-                    self.signal_progress(acks).await;
+                    if let Some(nats) = &self.nats {
+                        signal_progress(nats, acks, every);
+                    }
                     *last_progress = Instant::now();
                 }
             }
         }
-    }
-
-    async fn signal_progress(&self, acks: &[Ack]) {
-        let Some(nats) = &self.nats else { return };
-        // A lost progress signal is made up by the next one, a third of the ack wait later.
-        send_all(nats, &mut acks.iter(), AckKind::Progress, |_| {}).await;
     }
 
     fn observe_latency(&self, rows: &[EventRow]) {
@@ -184,12 +182,27 @@ impl ClickHouseSink {
 /// Acknowledges the messages of the stored `batch` over `nats` (nothing to do over core NATS), then frees it.
 async fn acknowledge(nats: Option<async_nats::Client>, metrics: Arc<Metrics>, batch: Batch<Ack>) {
     let Some(nats) = nats else { return };
-    send_all(&nats, &mut batch.acks.iter(), AckKind::Ack, |err| {
+    send_all(&nats, &batch.acks, AckKind::Ack, |err| {
         // The row is stored; a redelivery will be inserted again and collapse into it.
         metrics.fail("ack");
         tracing::warn!(error = %err, "failed to acknowledge a stored message");
     })
     .await;
+}
+
+/// Sends `kind` for each of `acks`, handing failures to `on_error`, then flushes so they leave at once.
+async fn send_all(
+    nats: &async_nats::Client,
+    acks: &[Ack],
+    kind: AckKind,
+    mut on_error: impl FnMut(async_nats::PublishError),
+) {
+    for ack in acks {
+        if let Err(err) = ack.send(nats, kind).await {
+            on_error(err);
+        }
+    }
+    let _ = nats.flush().await;
 }
 
 /// Waits for the acknowledging task of the previous batch, if any.

@@ -62,19 +62,35 @@ impl Ack {
     }
 }
 
-/// Sends `kind` for each of `acks`, handing failures to `on_error`, then flushes so they leave at once.
-pub async fn send_all(
-    nats: &async_nats::Client,
-    acks: &mut (dyn Iterator<Item = &Ack> + Send),
-    kind: AckKind,
-    mut on_error: impl FnMut(async_nats::PublishError),
-) {
-    for ack in acks {
-        if let Err(err) = ack.send(nats, kind).await {
-            on_error(err);
-        }
+/// Tells JetStream that the messages of `acks` are still being worked on (`+WPI`), from a task of its own that
+/// gives up after `within`. Best effort: a lost signal is made up by the next one. Never awaited by the caller,
+/// because while NATS reconnects a publish waits for room and a flush for the connection: the pipeline or the
+/// INSERT waiting on it would stand still until NATS came back.
+pub fn signal_progress<'a>(nats: &async_nats::Client, acks: impl IntoIterator<Item = &'a Ack>, within: Duration) {
+    let replies: Vec<Subject> = acks
+        .into_iter()
+        .filter_map(|ack| match ack {
+            Ack::JetStream(reply) => Some(reply.clone()),
+            Ack::None => None,
+        })
+        .collect();
+    if replies.is_empty() {
+        return;
     }
-    let _ = nats.flush().await;
+    let nats = nats.clone();
+    tokio::spawn(async move {
+        let sent = tokio::time::timeout(within, async {
+            for reply in replies {
+                nats.publish(reply, Bytes::from(AckKind::Progress)).await?;
+            }
+            nats.flush().await?;
+            Ok::<_, async_nats::Error>(())
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!("progress signals not all sent; the next round makes up for them");
+        }
+    });
 }
 
 /// Pulls from `consumer` into `tx` until `shutdown` is cancelled or the receiver is gone.

@@ -147,6 +147,26 @@ async fn sigterm_with_nats_down_still_exits_and_loses_nothing() {
     assert_eq!(stack.count_final().await, 10);
 }
 
+/// Progress signals are best effort and never hold anything up: with NATS down when one is due, the partial
+/// batch still goes to ClickHouse on time (an awaited signal waited for NATS to come back, and so did the batch).
+#[tokio::test]
+async fn a_progress_signal_due_while_nats_is_down_holds_up_no_insert() {
+    let mut stack = Stack::start().await;
+    // Signals every 5/3 s; the partial batch is due after 4 s.
+    let app = stack
+        .run_in_process(&[
+            ("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "5"),
+            ("ANALYTICS__FLUSH_INTERVAL_SECONDS", "4"),
+        ])
+        .await;
+    stack.publish_all(&events(3)).await;
+    stack.nats.stop().await;
+    stack.wait_for_rows(3, Duration::from_secs(15)).await;
+    // Back, so that the stored batch's acknowledgements leave and shutdown is prompt.
+    stack.nats.restart().await.expect("nats restarts");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_nats_restart_is_survived_without_loss() {
     let mut stack = Stack::start().await;
