@@ -7,8 +7,9 @@
 //! when a rate is not to be trusted.
 //!
 //! "The run" is this process and every process descending from it, so a server's forked workers count too (each
-//! PostgreSQL connection is a process forked by the postmaster). Processes are grouped by their command name;
-//! one that starts and ends between two snapshots is not seen.
+//! PostgreSQL connection is a process forked by the postmaster). Each process's use is its own difference between
+//! two snapshots (a process started in between counts from zero), summed by command name; a process that ended in
+//! between is not counted for that step.
 
 use std::time::{Duration, Instant};
 
@@ -22,31 +23,43 @@ struct Ticks {
     kernel: u64,
 }
 
-/// `(comm, ppid, ticks)` of `pid`.
-fn proc_stat(pid: u32) -> Option<(String, u32, Ticks)> {
+/// One process as `/proc/<pid>/stat` shows it.
+#[derive(Debug, Clone)]
+struct Process {
+    pid: u32,
+    /// When it started, in clock ticks since boot: with the pid, it names the process (pids are reused).
+    started: u64,
+    comm: String,
+    ppid: u32,
+    ticks: Ticks,
+}
+
+/// What `/proc/<pid>/stat` says of `pid`.
+fn proc_stat(pid: u32) -> Option<Process> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses; the fields after its last `)` are space-separated.
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
     let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
-    // After the comm: state(3) ppid(4) … utime(14) stime(15), numbered from 1 as in proc(5).
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((
+    // After the comm: state(3) ppid(4) … utime(14) stime(15) … starttime(22), numbered from 1 as in proc(5).
+    let field = |number: usize| fields.get(number - 3)?.parse::<u64>().ok();
+    let (utime, stime) = (field(14)?, field(15)?);
+    Some(Process {
+        pid,
+        started: field(22)?,
         comm,
-        ppid,
-        Ticks {
+        ppid: u32::try_from(field(4)?).ok()?,
+        ticks: Ticks {
             total: utime + stime,
             kernel: stime,
         },
-    ))
+    })
 }
 
 /// CPU seconds (user and kernel) process `pid` has used so far; `None` once it is gone.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    proc_stat(pid).map(|(_, _, ticks)| ticks.total as f64 / TICKS_PER_SECOND)
+    proc_stat(pid).map(|process| process.ticks.total as f64 / TICKS_PER_SECOND)
 }
 
 /// Busy ticks of the whole machine (all processes, all cores), from the first line of `/proc/stat`.
@@ -65,13 +78,13 @@ fn machine_busy_ticks() -> Option<u64> {
     Some(total.saturating_sub(idle))
 }
 
-/// CPU ticks so far of this process and its descendants, by program name, and of the whole machine.
+/// CPU ticks so far of this process and its descendants, and of the whole machine.
 #[derive(Debug, Clone, Default)]
 pub struct CpuSnapshot {
     /// The processes besides this one whose trees are counted.
     roots: Vec<u32>,
     machine: u64,
-    programs: Vec<(String, Ticks)>,
+    processes: Vec<Process>,
 }
 
 impl CpuSnapshot {
@@ -83,40 +96,34 @@ impl CpuSnapshot {
     /// Reads the counters now, for this process, the processes `roots` (servers that detached from this
     /// process, such as PostgreSQL's postmaster under `pg_ctl`) and the descendants of all of them.
     pub fn take_with(roots: &[u32]) -> Self {
-        let mut processes: Vec<(u32, String, u32, Ticks)> = Vec::new();
+        let mut all: Vec<Process> = Vec::new();
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for entry in entries.flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                if let Some((comm, ppid, ticks)) = proc_stat(pid) {
-                    processes.push((pid, comm, ppid, ticks));
+                if let Some(process) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse().ok())
+                    .and_then(proc_stat)
+                {
+                    all.push(process);
                 }
             }
         }
-        let mut snapshot = Self {
-            roots: roots.to_vec(),
-            machine: machine_busy_ticks().unwrap_or(0),
-            programs: Vec::new(),
-        };
         let mut generation: Vec<u32> = std::iter::once(std::process::id())
             .chain(roots.iter().copied())
             .collect();
-        for (_, comm, _, ticks) in processes.iter().filter(|(pid, ..)| generation.contains(pid)) {
-            snapshot.add(comm, *ticks);
-        }
+        let mut processes: Vec<Process> = all.iter().filter(|p| generation.contains(&p.pid)).cloned().collect();
         // Then their descendants, one generation at a time.
         while !generation.is_empty() {
-            let mut next = Vec::new();
-            for (pid, comm, ppid, ticks) in &processes {
-                if generation.contains(ppid) {
-                    snapshot.add(comm, *ticks);
-                    next.push(*pid);
-                }
-            }
-            generation = next;
+            let children: Vec<&Process> = all.iter().filter(|p| generation.contains(&p.ppid)).collect();
+            generation = children.iter().map(|p| p.pid).collect();
+            processes.extend(children.into_iter().cloned());
         }
-        snapshot
+        Self {
+            roots: roots.to_vec(),
+            machine: machine_busy_ticks().unwrap_or(0),
+            processes,
+        }
     }
 
     /// A new snapshot of the same processes.
@@ -124,14 +131,12 @@ impl CpuSnapshot {
         Self::take_with(&self.roots)
     }
 
-    fn add(&mut self, name: &str, ticks: Ticks) {
-        match self.programs.iter_mut().find(|(n, _)| n == name) {
-            Some((_, t)) => {
-                t.total += ticks.total;
-                t.kernel += ticks.kernel;
-            }
-            None => self.programs.push((name.to_owned(), ticks)),
-        }
+    /// The ticks `process` had in this snapshot (none if it had not started).
+    fn ticks_of(&self, process: &Process) -> Ticks {
+        self.processes
+            .iter()
+            .find(|p| p.pid == process.pid && p.started == process.started)
+            .map_or(Ticks::default(), |p| p.ticks)
     }
 }
 
@@ -151,19 +156,20 @@ pub struct CpuUse {
 impl CpuUse {
     /// What was used from `before` to `after`, `wall` apart.
     pub fn between(before: &CpuSnapshot, after: &CpuSnapshot, wall: Duration) -> Self {
-        let mut programs = Vec::new();
-        for (name, ticks) in &after.programs {
-            let start = before
-                .programs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(Ticks::default(), |(_, t)| *t);
-            let seconds = ticks.total.saturating_sub(start.total) as f64 / TICKS_PER_SECOND;
-            let kernel = ticks.kernel.saturating_sub(start.kernel) as f64 / TICKS_PER_SECOND;
-            if seconds > 0.0 {
-                programs.push((name.clone(), seconds, kernel));
+        let mut programs: Vec<(String, f64, f64)> = Vec::new();
+        for process in &after.processes {
+            let start = before.ticks_of(process);
+            let seconds = process.ticks.total.saturating_sub(start.total) as f64 / TICKS_PER_SECOND;
+            let kernel = process.ticks.kernel.saturating_sub(start.kernel) as f64 / TICKS_PER_SECOND;
+            match programs.iter_mut().find(|(name, ..)| *name == process.comm) {
+                Some((_, s, k)) => {
+                    *s += seconds;
+                    *k += kernel;
+                }
+                None => programs.push((process.comm.clone(), seconds, kernel)),
             }
         }
+        programs.retain(|(_, seconds, _)| *seconds > 0.0);
         let ours: f64 = programs.iter().map(|(_, s, _)| s).sum();
         let machine = after.machine.saturating_sub(before.machine) as f64 / TICKS_PER_SECOND;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -233,6 +239,49 @@ impl Timed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(pid: u32, started: u64, comm: &str, total: u64) -> Process {
+        Process {
+            pid,
+            started,
+            comm: comm.into(),
+            ppid: 1,
+            ticks: Ticks { total, kernel: 0 },
+        }
+    }
+
+    fn snapshot(processes: Vec<Process>) -> CpuSnapshot {
+        CpuSnapshot {
+            roots: Vec::new(),
+            machine: 0,
+            processes,
+        }
+    }
+
+    #[test]
+    fn each_process_counts_its_own_difference() {
+        let before = snapshot(vec![
+            process(10, 1, "postgres", 100),
+            process(11, 1, "postgres", 50),
+            process(12, 1, "postgres", 70),
+        ]);
+        // 10 used 30 ticks; 11 ended (its 50 earlier ticks must not be taken from the others); 12's pid now
+        // names a new process with 10 ticks; 13 started with 20.
+        let after = snapshot(vec![
+            process(10, 1, "postgres", 130),
+            process(12, 9, "postgres", 10),
+            process(13, 9, "postgres", 20),
+            process(14, 9, "nats-server", 0),
+        ]);
+        let used = CpuUse::between(&before, &after, Duration::from_secs(1));
+        assert!((used.of("postgres") - 0.6).abs() < 1e-9, "{}", used.line());
+        assert_eq!(
+            used.programs.len(),
+            1,
+            "a program that used nothing is left out: {}",
+            used.line()
+        );
+    }
 
     #[test]
     fn a_busy_child_counts_under_its_name() {
