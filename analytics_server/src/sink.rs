@@ -2,8 +2,8 @@
 //!
 //! A failed INSERT is retried with capped exponential backoff and jitter, forever: the batch is kept, and the
 //! messages' ack deadlines are extended (`+WPI`, every third of the ack wait) while an INSERT runs and while
-//! retrying, so JetStream neither gives them up nor redelivers them elsewhere. An INSERT that succeeded on the server but whose answer was lost is simply
-//! repeated; the ReplacingMergeTree collapses the copies.
+//! retrying, so JetStream neither gives them up nor redelivers them elsewhere. An INSERT that succeeded on the
+//! server but whose answer was lost is simply repeated; the ReplacingMergeTree collapses the copies.
 
 use crate::batcher::Batch;
 use crate::handoff::Taker;
