@@ -145,7 +145,7 @@ impl CpuSnapshot {
 pub struct CpuUse {
     /// CPU seconds by program: all, and in the kernel.
     pub programs: Vec<(String, f64, f64)>,
-    /// CPU seconds of this process and its descendants.
+    /// CPU seconds of the processes counted: this one, the roots, and their descendants.
     pub ours: f64,
     /// CPU seconds of every other process on the machine (other builds, other tenants' work, …).
     pub others: f64,
