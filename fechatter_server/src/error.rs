@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 413: body too large.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 415: the body is not of the type the route takes; the message names the type expected.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 429: slow down.
     #[error("too many requests; retry later")]
     TooManyRequests,
@@ -49,6 +52,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(..) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -62,6 +66,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_content_type",
             Self::TooManyRequests => "rate_limited",
             Self::Internal(_) => "internal",
         }

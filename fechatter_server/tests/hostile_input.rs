@@ -543,7 +543,7 @@ fn spoiled(
 /// The refusal of a JSON body, in the order the server checks: content type, size, NUL, then the JSON itself.
 fn body_refusal(spoil: Spoil, payload: &Payload, spoil_refusal: Option<Expect>) -> Option<Expect> {
     match spoil {
-        Spoil::WrongContentType | Spoil::NoContentType => Some(Expect::Exactly(400, "unsupported_content_type")),
+        Spoil::WrongContentType | Spoil::NoContentType => Some(Expect::Exactly(415, "unsupported_content_type")),
         _ if payload.len() > MAX_BODY => Some(Expect::Exactly(413, "payload_too_large")),
         _ if has_escaped_nul(&payload.bytes()) => Some(Expect::Exactly(400, "invalid_text")),
         _ => spoil_refusal,

@@ -234,6 +234,28 @@ async fn a_send_to_a_chat_being_deleted_answers_404() {
 }
 
 #[tokio::test]
+async fn a_body_that_is_not_json_answers_415_naming_the_type_expected() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let chat = create(&app, &ada, "Team", &[]).await;
+    let path = format!("/api/chats/{chat}/messages");
+    let (status, body) = app
+        .send(
+            app.request(reqwest::Method::POST, &path, &ada)
+                .header("content-type", "text/plain")
+                .body(r#"{"content":"hi"}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(body["error"], "unsupported_content_type");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("application/json")),
+        "{body}"
+    );
+    assert_eq!(message_rows(&app).await, 0);
+}
+
+#[tokio::test]
 async fn empty_optional_numbers_in_the_query_count_as_absent() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;

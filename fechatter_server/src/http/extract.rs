@@ -20,9 +20,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
-            return Err(ApiError::bad_request(
-                "unsupported_content_type",
-                "expected Content-Type: application/json",
+            return Err(ApiError::UnsupportedMediaType(
+                "expected Content-Type: application/json".into(),
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
