@@ -273,7 +273,7 @@ async fn run_stage(
                     SinkSettings {
                         insert_timeout: Duration::from_secs(30),
                         max_backoff: Duration::from_secs(1),
-                        ack_wait: Duration::from_secs(js_settings.ack_wait_seconds),
+                        keep_alive: settings.keep_alive(),
                     },
                     metrics,
                     Some(nats),

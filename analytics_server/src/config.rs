@@ -351,6 +351,13 @@ impl Settings {
         Ok(())
     }
 
+    /// How often messages held unacknowledged (a batch waiting for the sink, an INSERT running or retried) are
+    /// signalled as in progress: a third of the consumer's ack wait, so two signals can be lost before JetStream
+    /// redelivers.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.jetstream.ack_wait_seconds) / 3
+    }
+
     /// The flush interval as a duration (its range is checked when the settings are loaded).
     pub fn flush_interval(&self) -> Duration {
         Duration::try_from_secs_f64(self.flush_interval_seconds).unwrap_or(Duration::from_secs(1))

@@ -47,7 +47,7 @@ pub struct PipelineSettings {
     pub limits: Limits,
     /// Stream name, for legacy ids.
     pub stream: String,
-    /// How often held messages are signalled as in progress: a third of the consumer's ack wait.
+    /// How often held messages are signalled as in progress ([`Settings::keep_alive`]).
     pub keep_alive: Duration,
 }
 
@@ -68,7 +68,7 @@ impl PipelineSettings {
             batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
             limits: Limits::from_settings(settings),
             stream: js.stream.clone(),
-            keep_alive: Duration::from_secs(js.ack_wait_seconds) / 3,
+            keep_alive: settings.keep_alive(),
         }
     }
 }
@@ -314,7 +314,12 @@ mod tests {
                 .into();
             tx.send(m).await.expect("pipeline runs");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The sink asks only once the pipeline has taken every message from the channel.
+        test_support::wait_until("the pipeline takes every message", Duration::from_secs(10), || async {
+            (tx.capacity() == 1000).then_some(())
+        })
+        .await
+        .expect("the channel drains");
         // The ceiling is checked after every message: 30 rows, then 60, and the eight other messages wait (taken
         // all at once, they would have made one batch of 300 rows).
         let mut sizes = Vec::new();

@@ -26,8 +26,10 @@ pub struct SinkSettings {
     pub insert_timeout: Duration,
     /// Cap of the backoff between retries.
     pub max_backoff: Duration,
-    /// The consumer's ack wait: progress is signalled every third of it.
-    pub ack_wait: Duration,
+    /// How often the messages of the batch being stored are signalled as in progress ([`Settings::keep_alive`]).
+    ///
+    /// [`Settings::keep_alive`]: crate::config::Settings::keep_alive
+    pub keep_alive: Duration,
 }
 
 /// The ClickHouse writer.
@@ -148,11 +150,11 @@ impl ClickHouseSink {
         }
     }
 
-    /// Runs `work` while telling JetStream, every third of the ack wait (counted from `last_progress`), that
+    /// Runs `work` while telling JetStream, every `keep_alive` (counted from `last_progress`), that
     /// the messages of `acks` are still being worked on: an INSERT may take up to `insert_timeout`, and a batch
     /// is retried for as long as ClickHouse fails.
     async fn keeping_alive<F: Future>(&self, acks: &[Ack], last_progress: &mut Instant, work: F) -> F::Output {
-        let every = self.settings.ack_wait / 3;
+        let every = self.settings.keep_alive;
         tokio::pin!(work);
         loop {
             tokio::select! {

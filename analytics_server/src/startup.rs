@@ -205,7 +205,7 @@ impl Application {
             SinkSettings {
                 insert_timeout: Duration::from_secs(settings.clickhouse.insert_timeout_seconds),
                 max_backoff: Duration::from_secs(settings.clickhouse.max_retry_backoff_seconds),
-                ack_wait: Duration::from_secs(js_settings.ack_wait_seconds),
+                keep_alive: settings.keep_alive(),
             },
             state.metrics.clone(),
             state.nats.clone(),
