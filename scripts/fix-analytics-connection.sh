@@ -12,8 +12,9 @@
 # Addresses come from the environment (defaults: the docker compose / run-local ports):
 #   NATS_URL=nats://127.0.0.1:4222  NATS_MONITOR_PORT=8222  CLICKHOUSE_URL=http://127.0.0.1:8123
 #   CLICKHOUSE_USER=default  CLICKHOUSE_PASSWORD=  (any ANALYTICS__… / FECHATTER__… override is passed through)
+#   PROBE_TIMEOUT_SECONDS=  how long step 4 waits for its event in ClickHouse (default: send-test-event's)
 # When the services run under docker compose, the checks run inside their containers (docker compose exec), so
-# they see the containers' configuration. Otherwise the release binaries are used (built if missing;
+# they see the containers' configuration. Otherwise the release binaries are used (built, or brought up to date;
 # FECHATTER_BIN_DIR=dir picks others). A NATS server this script starts keeps its data and pid under
 # $FECHATTER_STATE_DIR (default ~/.local/state/fechatter), where `scripts/run-local.sh stop` finds it.
 set -uo pipefail
@@ -44,8 +45,10 @@ compose_running() {
 }
 BIN_DIR=${FECHATTER_BIN_DIR:-target/release}
 local_binaries() {
-    if [ ! -x "$BIN_DIR/analytics_server" ] || [ ! -x "$BIN_DIR/fechatter_server" ]; then
-        echo "building the release binaries (once) …"
+    # The default configuration is compiled into the binaries, so an edited analytics.yml or chat.yml takes
+    # effect only in a fresh build: build unless binaries were named (cargo does nothing when they are current).
+    if [ -z "${FECHATTER_BIN_DIR:-}" ] || [ ! -x "$BIN_DIR/analytics_server" ] || [ ! -x "$BIN_DIR/fechatter_server" ]; then
+        echo "building the release binaries (nothing to do when they are current) …"
         cargo build --release -p analytics_server -p fechatter_server --bins >/dev/null 2>&1 ||
             { bad "cargo build failed: run cargo build --release -p analytics_server -p fechatter_server"; finish; }
         BIN_DIR=target/release
@@ -79,6 +82,10 @@ compose_running analytics_server || local_binaries
 nats_answers() { (exec 3<>"/dev/tcp/$nats_host/$nats_port") 2>/dev/null; }
 if nats_answers; then
     ok "NATS answers at $NATS_URL"
+elif compose_running analytics_server; then
+    # The containers reach NATS as nats:4222; a server started here would serve nobody.
+    bad "NATS does not answer at $NATS_URL while the services run under docker compose: docker compose up -d nats"
+    finish
 elif [ "$nats_host" = 127.0.0.1 ] || [ "$nats_host" = localhost ]; then
     if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
         bad "NATS is down at $NATS_URL and nats-server is not installed: run scripts/install-deps.sh"

@@ -73,7 +73,16 @@ scripts/install-deps.sh
 
 # NATS with JetStream: reuse a healthy server on the port, else start one.
 if curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/jsz" >/dev/null 2>&1 || (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
-    ok "NATS already running on $NATS_PORT (reused)"
+    if jsz=$(curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/jsz" 2>/dev/null); then
+        # A NATS without JetStream answers too, and analytics_server could then not create its stream. (NATS 2.9's
+        # /healthz?js-enabled-only=true says ok without JetStream; /jsz says "disabled": true.)
+        if printf '%s' "$jsz" | grep -q '"disabled": *true'; then
+            fail "the NATS server on $NATS_PORT runs without JetStream: restart it with -js, or stop it and run this again"
+        fi
+        ok "NATS with JetStream already running on $NATS_PORT (reused)"
+    else
+        ok "NATS already running on $NATS_PORT (reused; no monitoring port to check JetStream: analytics_server will say if it is off)"
+    fi
 else
     mkdir -p "$STATE_DIR/nats"
     start_bg nats "$STATE_DIR/logs/nats.log" nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MONITOR_PORT" -js -sd "$STATE_DIR/nats"

@@ -5,7 +5,8 @@
 //! ClickHouse works on one INSERT, the next batch keeps taking rows (up to the pipeline's ceiling) instead of
 //! being frozen at `batch_size` in a queue slot. ClickHouse writes a new part of some 60 files per INSERT and
 //! later merges the parts, so fewer, larger INSERTs cost it less per row; an idle ingester still flushes at
-//! `batch_size` rows or `flush_interval`, as before.
+//! `batch_size` rows or `flush_interval`, as before. (A batch with a backlog behind it grows to the ceiling even
+//! when the sink is ready: see [`crate::batcher::FlushPolicy`].)
 
 use crate::batcher::Batch;
 use crate::source::Ack;
@@ -71,10 +72,15 @@ impl Taker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batcher::FlushPolicy;
     use tokio::time::Instant;
 
     fn batch_of(acks: usize) -> Batch<Ack> {
-        let mut batch = Batch::new(acks);
+        let mut batch = Batch::new(FlushPolicy {
+            batch_size: acks,
+            max_rows: acks,
+            flush_interval: std::time::Duration::from_secs(1),
+        });
         for _ in 0..acks {
             batch.push(Vec::new(), Ack::None, Instant::now());
         }

@@ -2,10 +2,10 @@
 //! handed to the sink.
 //!
 //! A batch is due at `batch_size` rows, when its oldest row has waited `flush_interval`, or when a backlog of
-//! `batch_size` messages or more has drained (JetStream tells each message's backlog); it goes to the sink when
-//! the sink next asks for one ([`handoff`](crate::handoff)). Until then it keeps taking rows, up to
-//! `max_batch_rows`; at that ceiling the pipeline stops reading from the source, which is the backpressure that
-//! stops pulling when ClickHouse is slow or down.
+//! `batch_size` messages or more has drained (JetStream tells each message's backlog); while such a backlog waits
+//! behind it, only at the ceiling of rows (see [`FlushPolicy`]). It goes to the sink when the sink next asks for
+//! one ([`handoff`](crate::handoff)). Until then it keeps taking rows, up to the ceiling; there the pipeline
+//! stops reading from the source, which is the backpressure that stops pulling when ClickHouse is slow or down.
 //!
 //! While a batch waits for the sink (ClickHouse slow or down), its messages, and those taken but not yet added,
 //! get a progress signal (`+WPI`) every third of the ack wait, so JetStream does not redeliver what is held.
@@ -13,7 +13,7 @@
 //! It runs until its input channel closes (the source stopped), then hands over what it holds and drops its
 //! end of the hand-over, so shutdown loses nothing in flight.
 
-use crate::batcher::Batch;
+use crate::batcher::{Batch, FlushPolicy};
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterWorkers, log_poison};
 use crate::decode::{Limits, decode, subject_mismatch};
@@ -35,12 +35,9 @@ const INBOX: usize = 256;
 /// Settings of the pipeline.
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
-    /// Rows that make a batch due.
-    pub batch_size: usize,
-    /// Longest wait of a row in a partial batch before the batch is due.
-    pub flush_interval: Duration,
-    /// Most rows a due batch takes while it waits for the sink; at least `batch_size`.
-    pub max_batch_rows: usize,
+    /// When a batch is due, and the ceiling of rows a batch takes (`max_rows`) while it waits for the sink or
+    /// grows in a backlog.
+    pub flush: FlushPolicy,
     /// The subject carrying batch requests.
     pub batch_subject: String,
     /// What a message may hold.
@@ -54,17 +51,19 @@ pub struct PipelineSettings {
 impl PipelineSettings {
     /// The pipeline's part of the service's settings.
     ///
-    /// `max_batch_rows` is derived, not configured: half of what the consumer may hold unacknowledged, after
-    /// two pulls in flight, so that the batch being inserted and the one growing behind it never stall
-    /// JetStream's delivery (`max_ack_pending` is checked at start-up to be at least
+    /// The ceiling, `flush.max_rows`, is derived, not configured: half of what the consumer may hold
+    /// unacknowledged, after two pulls in flight, so that the batch being inserted and the one growing behind it
+    /// never stall JetStream's delivery (`max_ack_pending` is checked at start-up to be at least
     /// `3 × batch_size + 2 × pull_batch`, which keeps this at 1.5 × `batch_size` or more).
     pub fn from_settings(settings: &Settings) -> Self {
         let js = &settings.jetstream;
         let room = js.max_ack_pending.saturating_sub(2 * js.pull_batch) / 2;
         Self {
-            batch_size: settings.batch_size,
-            flush_interval: settings.flush_interval(),
-            max_batch_rows: room.max(settings.batch_size),
+            flush: FlushPolicy {
+                batch_size: settings.batch_size,
+                max_rows: room.max(settings.batch_size),
+                flush_interval: settings.flush_interval(),
+            },
             batch_subject: settings.integrations.messaging.subjects.analytics_batch.clone(),
             limits: Limits::from_settings(settings),
             stream: js.stream.clone(),
@@ -82,7 +81,7 @@ pub async fn run(
     nats: Option<async_nats::Client>,
     metrics: Arc<Metrics>,
 ) {
-    let mut batch: Batch<Ack> = Batch::new(settings.batch_size);
+    let mut batch: Batch<Ack> = Batch::new(settings.flush);
     let mut inbox = Vec::with_capacity(INBOX);
     // Messages taken from the channel but not yet handled: handling stops at the ceiling, and a batch message may
     // hold up to `limits.max_events` events, so the rest wait here for room.
@@ -90,15 +89,15 @@ pub async fn run(
     // When the held messages were last signalled as in progress (`None`: since the batch opened).
     let mut signalled: Option<Instant> = None;
     loop {
-        let deadline = batch.deadline(settings.flush_interval);
+        let deadline = batch.deadline();
         let keep_alive = signalled
             .or_else(|| batch.opened_at())
             .map(|at| at + settings.keep_alive)
             .filter(|_| nats.is_some());
-        let due = batch.is_due(settings.batch_size, settings.flush_interval, Instant::now());
-        let full = batch.rows.len() >= settings.max_batch_rows;
+        let due = batch.is_due(Instant::now());
+        let full = batch.at_ceiling();
         // Messages to take at most: one event each in the common case.
-        let room = settings.max_batch_rows.saturating_sub(batch.rows.len()).min(INBOX);
+        let room = batch.room().min(INBOX);
         tokio::select! {
             biased;
             ready = sink.ready(), if due => {
@@ -125,7 +124,7 @@ pub async fn run(
             () = std::future::ready(()), if !waiting.is_empty() && !full => {}
         }
         // Up to the ceiling, checked after every message.
-        while batch.rows.len() < settings.max_batch_rows
+        while !batch.at_ceiling()
             && let Some(message) = waiting.pop_front()
         {
             handle(&settings, message, &mut batch, dead_letters.as_mut(), &metrics).await;
@@ -172,7 +171,7 @@ async fn handle(
     metrics: &Metrics,
 ) {
     metrics.messages_received.inc();
-    batch.note_pending(message.pending, settings.batch_size);
+    batch.note_pending(message.pending);
     tracing::debug!(
         "📨 Received analytics event from subject: {} (size: {} bytes)",
         message.subject,
@@ -240,9 +239,11 @@ mod tests {
 
     fn settings(batch_size: usize, max_batch_rows: usize, flush_interval: Duration) -> PipelineSettings {
         PipelineSettings {
-            batch_size,
-            flush_interval,
-            max_batch_rows,
+            flush: FlushPolicy {
+                batch_size,
+                max_rows: max_batch_rows,
+                flush_interval,
+            },
             batch_subject: "fechatter.analytics.batch".into(),
             limits: Limits {
                 max_bytes: 1 << 20,
@@ -378,6 +379,31 @@ mod tests {
         assert_eq!(stored, 130);
         drop(tx);
         assert_eq!(rows_of(&taker).await, None);
+        task.await.expect("pipeline task");
+    }
+
+    #[tokio::test]
+    async fn a_ready_sink_gets_batches_of_the_ceiling_while_a_backlog_waits() {
+        let (tx, taker, task) = start(settings(10, 50, Duration::from_secs(3600)));
+        let sink = tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            while let Some(rows) = rows_of(&taker).await {
+                sizes.push(rows);
+            }
+            sizes
+        });
+        for sequence in 1..=130 {
+            let mut m = message(sequence);
+            m.pending = 130 - sequence;
+            tx.send(m).await.expect("pipeline runs");
+        }
+        let sizes = tokio::time::timeout(Duration::from_secs(10), async {
+            drop(tx);
+            sink.await.expect("sink task")
+        })
+        .await
+        .expect("the backlog is handed over without waiting for the flush interval");
+        assert_eq!(sizes, vec![50, 50, 30], "not batches of batch_size (10)");
         task.await.expect("pipeline task");
     }
 

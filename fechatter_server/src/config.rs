@@ -149,7 +149,7 @@ impl Settings {
         if self.auth.private_key_path.as_os_str().is_empty() {
             return invalid(
                 "auth.private_key_path",
-                "required: an Ed25519 PKCS#8 PEM file (scripts/run-local.sh generates one)",
+                "required: an Ed25519 PKCS#8 PEM file (`fechatter_server gen-keys DIR` writes a pair)",
             );
         }
         if self.auth.public_key_path.as_os_str().is_empty() {

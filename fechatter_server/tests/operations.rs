@@ -441,7 +441,7 @@ async fn run_local_starts_the_system_reusing_a_healthy_nats_and_stops_only_what_
     eprintln!("---- scripts/run-local.sh --detach\n{text}");
     assert!(out.status.success(), "{text}");
     for line in [
-        format!("NATS already running on {} (reused)", nats.port()),
+        format!("NATS with JetStream already running on {} (reused)", nats.port()),
         format!("ClickHouse started on {ch_http}"),
         format!("PostgreSQL started on {pg}"),
         format!("analytics_server started on {analytics}"),
@@ -475,6 +475,37 @@ async fn run_local_starts_the_system_reusing_a_healthy_nats_and_stops_only_what_
         nats.is_running() && port_open(nats.port()),
         "the reused NATS must keep running"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_local_refuses_to_reuse_a_nats_without_jetstream() {
+    // analytics_server could not create its stream there; the script must say so before starting anything.
+    let nats = NatsServer::start_without_jetstream().await.expect("nats");
+    let state = TempDir::new().expect("tempdir");
+    let (pg, ch_http) = (free_port(), free_port());
+    let run_local = RunLocal {
+        env: vec![
+            ("NATS_PORT".to_owned(), nats.port().to_string()),
+            ("NATS_MONITOR_PORT".to_owned(), nats.monitor_port().to_string()),
+            ("PG_PORT".to_owned(), pg.to_string()),
+            ("CLICKHOUSE_HTTP_PORT".to_owned(), ch_http.to_string()),
+            ("FECHATTER_STATE_DIR".to_owned(), state.path().display().to_string()),
+        ],
+    };
+    let out = run_local.command("--detach").output().await.expect("run-local runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("the NATS server on {} runs without JetStream", nats.port())),
+        "{text}"
+    );
+    for port in [pg, ch_http] {
+        assert!(!port_open(port), "port {port} was started anyway:\n{text}");
+    }
 }
 
 /// The send statement's pgbench breakdown (`benches/send_statement/run.sh`, quoted in README.md) still runs

@@ -118,12 +118,15 @@ impl Analytics {
         if !self.enabled {
             return Ok(None);
         }
-        OutboxRow::new(&build_event(kind, request)).map(Some)
+        let event = build_event(kind, request);
+        outbox::log_queuing(&event);
+        OutboxRow::new(&event).map(Some)
     }
 
     /// Counts an event written to the outbox by a statement given its [`Analytics::outbox_row`], and wakes this
     /// process's relay. Call it only after the row committed: a relay woken earlier finds nothing and sleeps.
-    pub fn written(&self) {
+    pub fn written(&self, row: &OutboxRow) {
+        outbox::log_queued(row);
         self.metrics.events_written.inc();
         self.relay_wake.notify_one();
     }

@@ -17,6 +17,7 @@
 
 use super::publisher::AnalyticsPublisher;
 use crate::metrics::Metrics;
+use fechatter_protos::SUBJECT_PREFIX;
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use sqlx::postgres::PgListener;
@@ -56,17 +57,36 @@ impl OutboxRow {
             payload: event.encode_to_vec(),
         })
     }
+
+    /// The subject's suffix (`message.sent`), as the log lines name the event.
+    pub fn suffix(&self) -> &str {
+        self.subject
+            .strip_prefix(SUBJECT_PREFIX)
+            .and_then(|s| s.strip_prefix('.'))
+            .unwrap_or(&self.subject)
+    }
 }
 
-/// Writes `event` to the outbox on `conn` (the caller's transaction).
-pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
-    let row = OutboxRow::new(event)?;
+/// The seed's first log line of an event, as it is about to be written to the outbox.
+pub fn log_queuing(event: &AnalyticsEvent) {
     let suffix = event
         .event_type
         .as_ref()
         .map(|k| k.subject_suffix())
         .unwrap_or_default();
     tracing::debug!("📊 Queuing analytics event: {} for user: {}", suffix, event.user_id());
+}
+
+/// The seed's second log line of an event, once its outbox row is written; the relay logs the third (📤) when
+/// JetStream has it.
+pub fn log_queued(row: &OutboxRow) {
+    tracing::debug!("✅ Analytics event {} queued successfully", row.suffix());
+}
+
+/// Writes `event` to the outbox on `conn` (the caller's transaction).
+pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
+    log_queuing(event);
+    let row = OutboxRow::new(event)?;
     sqlx::query("INSERT INTO analytics_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
         .bind(row.event_id)
         .bind(&row.subject)
@@ -77,7 +97,7 @@ pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<
         .bind(CHANNEL)
         .execute(&mut *conn)
         .await?;
-    tracing::debug!("✅ Analytics event {} queued successfully", suffix);
+    log_queued(&row);
     Ok(())
 }
 
@@ -258,4 +278,24 @@ async fn recv(listener: &mut Option<PgListener>) -> bool {
     tokio::time::sleep(COALESCE).await;
     while l.next_buffered().is_some() {}
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::{RequestContext, build_event};
+    use fechatter_protos::v1::MessageSentEvent;
+    use fechatter_protos::v1::analytics_event::EventType;
+
+    #[test]
+    fn a_row_names_its_event_as_the_log_lines_do() {
+        let event = build_event(
+            EventType::MessageSent(MessageSentEvent::default()),
+            &RequestContext::default(),
+        );
+        let row = OutboxRow::new(&event).expect("a typed event with an id");
+        assert_eq!(row.subject, "fechatter.analytics.message.sent");
+        assert_eq!(row.suffix(), "message.sent");
+        assert_eq!(row.payload, event.encode_to_vec());
+    }
 }

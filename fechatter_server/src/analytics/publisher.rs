@@ -124,7 +124,6 @@ impl AnalyticsPublisher {
             return Err(PublishError::NoEventId);
         }
         let suffix = kind.subject_suffix();
-        tracing::debug!("📊 Queuing analytics event: {} for user: {}", suffix, event.user_id());
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id);
         let ack = self
@@ -132,7 +131,6 @@ impl AnalyticsPublisher {
             .publish_with_headers(kind.subject(), headers, event.encode_to_vec().into())
             .await
             .map_err(|e| PublishError::Send(e.into()))?;
-        tracing::debug!("✅ Analytics event {} queued successfully", suffix);
         Ok(async move {
             let result = ack.await;
             drop(permit);

@@ -135,8 +135,8 @@ async fn send_message(
         match state.sends.send(new.clone()).await.map_err(anyhow::Error::from)? {
             Sent::Created { message, event_written } => {
                 state.live.committed();
-                if event_written {
-                    state.analytics.written();
+                if event_written && let Some(row) = &new.event {
+                    state.analytics.written(row);
                 }
                 return Ok((StatusCode::CREATED, Json(message)));
             }
