@@ -74,75 +74,47 @@ const RSS_PERIOD: Duration = Duration::from_millis(100);
 /// Share of the machine's CPU used by processes outside this benchmark above which a step's figure is flagged.
 const NOISE_SHARE: f64 = 0.10;
 
-/// Command-line options.
-#[derive(Debug, Clone)]
+/// Command-line options (the file's header says more).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ingest_bench",
+    about = "Ingest throughput of analytics_server against its raw limits"
+)]
 struct Args {
+    /// Backlog size.
+    #[arg(long, default_value_t = 200_000, value_parser = at_least_one())]
     events: usize,
+    /// How many times (a), (b) and (c) are measured; the summary uses the medians.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
     rounds: usize,
+    /// Rows per INSERT, of the service and of (b).
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one())]
     batch_size: usize,
+    /// Messages per pull request, of the service and of (a).
+    #[arg(long, default_value_t = 2_000, value_parser = at_least_one())]
     pull_batch: usize,
+    /// Of the service's consumer and of (a)'s.
+    #[arg(long, default_value_t = 40_000, value_parser = at_least_one())]
     max_ack_pending: usize,
+    /// Do not run `cargo build` for the service binary first.
+    #[arg(long = "no-build", action = clap::ArgAction::SetFalse)]
     build: bool,
+    /// Drop each step's database as soon as the step is done, instead of keeping it to the end of the run.
+    #[arg(long)]
     drop_between_steps: bool,
+    /// More environment for the service (another `ANALYTICS__…` key, `LD_PRELOAD`, …), applied last; repeatable.
+    #[arg(long = "service-env", value_name = "KEY=VALUE", value_parser = key_value)]
     service_env: Vec<(String, String)>,
 }
 
-impl Args {
-    fn parse() -> Result<Self> {
-        let mut args = Self {
-            events: 200_000,
-            rounds: 3,
-            batch_size: 10_000,
-            pull_batch: 2_000,
-            max_ack_pending: 40_000,
-            build: true,
-            drop_between_steps: false,
-            service_env: Vec::new(),
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(arg) = it.next() {
-            let (name, inline) = match arg.split_once('=').filter(|(n, _)| n.starts_with("--")) {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (arg.clone(), None),
-            };
-            let mut text = |name: &str| -> Result<String> {
-                match inline.clone() {
-                    Some(v) => Ok(v),
-                    None => it.next().with_context(|| format!("{name} needs a value")),
-                }
-            };
-            let number = |name: &str, text: String| -> Result<usize> {
-                let n: usize = text
-                    .parse()
-                    .with_context(|| format!("{name} {text:?} is not a number"))?;
-                ensure!(n > 0, "{name} must be at least 1");
-                Ok(n)
-            };
-            match name.as_str() {
-                "--events" => args.events = number(&name, text(&name)?)?,
-                "--rounds" => args.rounds = number(&name, text(&name)?)?,
-                "--batch-size" => args.batch_size = number(&name, text(&name)?)?,
-                "--pull-batch" => args.pull_batch = number(&name, text(&name)?)?,
-                "--max-ack-pending" => args.max_ack_pending = number(&name, text(&name)?)?,
-                "--no-build" => args.build = false,
-                "--drop-between-steps" => args.drop_between_steps = true,
-                "--service-env" => {
-                    let pair = text(&name)?;
-                    let (key, value) = pair.split_once('=').context("--service-env needs KEY=VALUE")?;
-                    args.service_env.push((key.to_owned(), value.to_owned()));
-                }
-                "-h" | "--help" => {
-                    println!(
-                        "usage: ingest_bench [--events N] [--rounds K] [--batch-size N] [--pull-batch N] \
-                         [--max-ack-pending N] [--service-env KEY=VALUE]... [--drop-between-steps] [--no-build]"
-                    );
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
-        }
-        Ok(args)
-    }
+/// A count of at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+fn key_value(pair: &str) -> std::result::Result<(String, String), String> {
+    let (key, value) = pair.split_once('=').ok_or("needs KEY=VALUE")?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[tokio::main]
@@ -759,7 +731,7 @@ fn round_service_env(
 }
 
 async fn run() -> Result<bool> {
-    let mut args = Args::parse()?;
+    let mut args = <Args as clap::Parser>::parse();
     let n = args.events;
     let wall = Instant::now();
     println!(

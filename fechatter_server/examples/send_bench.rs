@@ -31,33 +31,38 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Command-line options (the file's header says more).
+#[derive(clap::Parser)]
+#[command(
+    name = "send_bench",
+    about = "Message sends with analytics on and off, against raw PostgreSQL"
+)]
 struct Args {
+    /// Messages per measurement.
+    #[arg(long, default_value_t = 20_000, value_parser = at_least_one())]
     messages: usize,
+    /// Concurrent clients (and raw connections).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
     clients: usize,
+    /// How many times each measurement runs, alternating the order; the figures are the medians.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one())]
     rounds: usize,
+    /// PostgreSQL's durability: `on` (production: a commit returns once on disk) or `off` (the tests' settings).
+    #[arg(long, default_value = "on", value_parser = durability)]
     durability: Durability,
 }
 
-fn args() -> Args {
-    let mut out = Args {
-        messages: 20_000,
-        clients: 16,
-        rounds: 2,
-        durability: Durability::On,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    for pair in argv.chunks(2) {
-        let value = pair.get(1).and_then(|v| v.parse().ok());
-        match (pair[0].as_str(), value) {
-            ("--messages", Some(v)) => out.messages = v,
-            ("--clients", Some(v)) => out.clients = v,
-            ("--rounds", Some(v)) => out.rounds = v.max(1),
-            ("--durability", _) if pair.get(1).is_some_and(|v| v == "on") => out.durability = Durability::On,
-            ("--durability", _) if pair.get(1).is_some_and(|v| v == "off") => out.durability = Durability::Off,
-            _ => eprintln!("ignored argument {:?}", pair),
-        }
+/// A count of at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+fn durability(text: &str) -> Result<Durability, String> {
+    match text {
+        "on" => Ok(Durability::On),
+        "off" => Ok(Durability::Off),
+        _ => Err("expected on or off".into()),
     }
-    out
 }
 
 /// Sends/s and latency percentiles of one run.
@@ -301,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
         clients,
         rounds,
         durability,
-    } = args();
+    } = <Args as clap::Parser>::parse();
     println!(
         "send_bench: {messages} messages, {clients} concurrent clients, {rounds} rounds, PostgreSQL durability {durability:?}"
     );
