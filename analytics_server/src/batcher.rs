@@ -1,7 +1,8 @@
 //! Accumulates decoded rows with the acknowledgements of the messages that carried them, and decides when a
 //! batch is due ([`FlushPolicy`]): at `batch_size` rows, when the oldest row has waited `flush_interval`, or
 //! when a backlog of `batch_size` messages or more has drained, whichever comes first; and while such a backlog
-//! still waits behind a batch, at the ceiling of rows instead of at `batch_size`.
+//! still waits behind a batch, at the ceiling of rows instead of at `batch_size`, or once messages stop coming
+//! ([`QUIET`]) or the batch is [`GROW_WAIT`] old.
 //!
 //! Pure (no I/O, generic over the acknowledgement handle) so the flush policy is unit-tested directly.
 
@@ -9,10 +10,21 @@ use crate::row::EventRow;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Longest a batch that has reached `batch_size` keeps taking rows while a backlog waits behind it (never
-/// longer than the flush interval): what a backlog's events may wait, at most, for a larger INSERT. A drain
-/// fills a batch to the ceiling in a fraction of this (18,000 rows in about 0.15 s on two cores).
+/// Oldest a batch of `batch_size` rows or more gets, counted from its first row, while it grows towards the
+/// ceiling because a backlog waits behind it (never older than the flush interval): what a backlog's events may
+/// wait, at most, for a larger INSERT. A drain fills a batch to the ceiling in a fraction of this (18,000 rows in
+/// about 0.15 s on two cores).
 pub const GROW_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a growing batch (see [`GROW_WAIT`]) waits for its next message before it goes as it is. While a
+/// backlog drains, messages arrive microseconds apart; a pause this long means JetStream has stopped delivering
+/// to this instance (its `max_ack_pending` is taken by batches still being inserted or acknowledged, by other
+/// instances sharing the consumer, or by a crashed instance's messages until their ack wait ends), and the rows
+/// the batch would wait for come only after an INSERT.
+pub const QUIET: Duration = Duration::from_millis(25);
+
+/// Most rows a batch reserves room for up front (some 32 MB of `EventRow`s); a larger batch grows its vector.
+const MAX_RESERVED_ROWS: usize = 65_536;
 
 /// When a batch is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +46,11 @@ pub struct Batch<A> {
     pub acks: Vec<A>,
     /// When the first row arrived, for the flush deadline.
     opened_at: Option<Instant>,
+    /// When the last message arrived (with or without rows), to tell a batch that has stopped growing.
+    last_seen: Option<Instant>,
+    /// How many messages waited behind the last one (saturating: only a hint for the room to reserve; `u32`
+    /// keeps a batch small enough to hand back by value, see `handoff`).
+    pending: u32,
     /// When this batch is due.
     policy: FlushPolicy,
     /// Whether a backlog of `batch_size` messages or more has been seen, by this batch or the ones before it,
@@ -50,23 +67,27 @@ impl<A> Batch<A> {
             rows: Vec::new(),
             acks: Vec::new(),
             opened_at: None,
+            last_seen: None,
+            pending: 0,
             policy,
             in_backlog: false,
             caught_up: false,
         }
     }
 
-    /// Records how many messages the stream still held behind the last message received (`pending`), whether
-    /// or not that message added rows.
+    /// Records how many messages the stream still held behind the message received at `now` (`pending`),
+    /// whether or not that message added rows.
     ///
     /// The last batch of a backlog is due as soon as the backlog has drained: the flush interval is there to
     /// gather events that trickle in, and waiting it out after a backlog only delays the backlog's last events
     /// (with an interval of seconds, by as much as it took to drain 200,000 events). A backlog counts once
     /// `batch_size` messages or more waited: events that trickle in, or come in bursts smaller than a batch,
     /// still wait for `batch_size` rows or the interval, as configured, instead of making an INSERT per burst.
-    pub fn note_pending(&mut self, pending: u64) {
+    pub fn note_pending(&mut self, pending: u64, now: Instant) {
         self.in_backlog |= pending >= self.policy.batch_size as u64;
         self.caught_up = pending == 0;
+        self.pending = u32::try_from(pending).unwrap_or(u32::MAX);
+        self.last_seen = Some(now);
     }
 
     /// True when this batch ends a backlog that has now drained (see [`Self::note_pending`]).
@@ -79,8 +100,8 @@ impl<A> Batch<A> {
     /// Such a batch keeps taking rows past `batch_size`, up to the ceiling: the rows are there to be had at once,
     /// and each INSERT makes ClickHouse write a new part (some 60 files on 18.16) and merge it later, so a
     /// backlog drained in batches of the ceiling costs ClickHouse less CPU than one drained in batches of
-    /// `batch_size` (see docs/benchmarks.md). Its events were late already; they wait at most [`GROW_WAIT`]
-    /// more.
+    /// `batch_size` (a third less in `ingest_bench`; see docs/benchmarks.md). Its events were late already;
+    /// they wait at most [`GROW_WAIT`] more, and only while delivery keeps flowing ([`QUIET`]).
     fn backlog_waiting(&self) -> bool {
         self.in_backlog && !self.caught_up
     }
@@ -92,15 +113,20 @@ impl<A> Batch<A> {
 
     /// Adds the rows of one message and its acknowledgement handle; returns how many rows it added.
     ///
-    /// The first message reserves room for the rows the batch will likely reach: `batch_size`, or the ceiling
-    /// when a backlog waits behind it (call [`Self::note_pending`] first). Growing the row vector by doubling
-    /// instead copied every row about once more and, at 10,000 rows (6 MB), had the allocator map and fault in
-    /// fresh pages at each step: 9 % of the ingester's CPU in a backlog drain.
+    /// The first message reserves room for the rows the batch will likely reach: `batch_size`, or, when a
+    /// backlog waits behind it (call [`Self::note_pending`] first), what waits, up to the ceiling and at most
+    /// [`MAX_RESERVED_ROWS`]. Growing the row vector by doubling instead copied every row about once more and, at
+    /// 10,000 rows (6 MB), had the allocator map and fault in fresh pages at each step: 9 % of the ingester's CPU
+    /// in a backlog drain.
     pub fn push(&mut self, rows: impl IntoIterator<Item = EventRow>, ack: A, now: Instant) -> usize {
         self.opened_at.get_or_insert(now);
         if self.rows.capacity() == 0 {
+            let waiting = usize::try_from(self.pending).unwrap_or(usize::MAX).saturating_add(1);
             let likely = if self.backlog_waiting() {
-                self.policy.max_rows
+                waiting
+                    .min(self.policy.max_rows)
+                    .min(MAX_RESERVED_ROWS)
+                    .max(self.policy.batch_size)
             } else {
                 self.policy.batch_size
             };
@@ -142,15 +168,17 @@ impl<A> Batch<A> {
         self.acks.is_empty() && self.rows.is_empty()
     }
 
-    /// When this batch is due at the latest, counted from its first row: `flush_interval`, or for a batch of
-    /// `batch_size` rows or more that a backlog lets grow, [`GROW_WAIT`] if that is shorter. `None` while empty.
+    /// When this batch is due at the latest: `flush_interval` after its first row; for a batch of `batch_size`
+    /// rows or more that a backlog lets grow, sooner: [`GROW_WAIT`] after its first row, or [`QUIET`] after the
+    /// last message, whichever comes first. `None` while empty.
     pub fn deadline(&self) -> Option<Instant> {
-        let wait = if self.is_full() {
-            self.policy.flush_interval.min(GROW_WAIT)
-        } else {
-            self.policy.flush_interval
-        };
-        self.opened_at.map(|t| t + wait)
+        let opened = self.opened_at?;
+        let interval = opened + self.policy.flush_interval;
+        if !self.is_full() {
+            return Some(interval);
+        }
+        let quiet = self.last_seen.map_or(interval, |t| t + QUIET);
+        Some(interval.min(opened + GROW_WAIT).min(quiet))
     }
 
     /// Takes the batch out, leaving an empty one of the same policy, which carries on a backlog that has not
@@ -223,23 +251,23 @@ mod tests {
         let now = Instant::now();
         let mut batch = Batch::new(policy);
         for pending in [10, 9, 8] {
-            batch.note_pending(pending);
+            batch.note_pending(pending, now);
             batch.push(rows(1), pending, now);
         }
         assert!(batch.is_due(now), "full");
         assert!(!batch.backlog_drained());
         let _ = batch.take();
-        batch.note_pending(1);
+        batch.note_pending(1, now);
         batch.push(rows(1), 1, now);
         assert!(!batch.is_due(now), "one more waiting");
-        batch.note_pending(0);
+        batch.note_pending(0, now);
         batch.push(rows(1), 0, now);
         assert!(
             batch.is_due(now),
             "the last of the backlog, in the batch after the one that saw it"
         );
         assert!(batch.take().backlog_drained());
-        batch.note_pending(0);
+        batch.note_pending(0, now);
         assert!(!batch.is_due(now), "empty: nothing to hand over");
         batch.push(rows(1), 9, now);
         assert!(!batch.is_due(now), "the backlog is over: this event trickled in");
@@ -252,7 +280,7 @@ mod tests {
         let now = Instant::now();
         let mut batch = Batch::new(policy);
         for pending in [0, 0, 3, 2, 1, 0, 0] {
-            batch.note_pending(pending);
+            batch.note_pending(pending, now);
             batch.push(rows(1), pending, now);
         }
         assert!(!batch.is_due(now + Duration::from_secs(59)));
@@ -273,49 +301,78 @@ mod tests {
     #[test]
     fn a_full_batch_keeps_growing_while_a_backlog_waits_behind_it() {
         let policy = policy(3, 6, Duration::from_secs(60));
-        let now = Instant::now();
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut batch = Batch::new(policy);
-        for pending in [20, 19, 18, 17] {
-            batch.note_pending(pending);
-            batch.push(rows(1), pending, now);
+        for (at, pending) in [(0, 20), (1, 19), (2, 18), (3, 17)] {
+            batch.note_pending(pending, ms(at));
+            batch.push(rows(1), pending, ms(at));
         }
-        assert!(!batch.is_due(now), "past batch_size, and more wait behind");
-        assert_eq!(
-            batch.deadline(),
-            Some(now + GROW_WAIT),
-            "but not for longer than GROW_WAIT"
-        );
-        assert!(batch.is_due(now + GROW_WAIT));
-        for pending in [16, 15] {
-            batch.note_pending(pending);
-            batch.push(rows(1), pending, now);
+        assert!(!batch.is_due(ms(3)), "past batch_size, and more wait behind");
+        for (at, pending) in [(4, 16), (5, 15)] {
+            batch.note_pending(pending, ms(at));
+            batch.push(rows(1), pending, ms(at));
         }
-        assert!(batch.is_due(now), "at the ceiling");
+        assert!(batch.is_due(ms(5)), "at the ceiling");
         assert_eq!(batch.take().rows.len(), 6);
-        for pending in [14, 13, 12] {
-            batch.note_pending(pending);
-            batch.push(rows(1), pending, now);
+        for (at, pending) in [(6, 14), (7, 13), (8, 12)] {
+            batch.note_pending(pending, ms(at));
+            batch.push(rows(1), pending, ms(at));
         }
-        assert!(!batch.is_due(now), "the next batch of the backlog grows too");
-        batch.note_pending(0);
-        batch.push(rows(1), 0, now);
-        assert!(batch.is_due(now), "the backlog has drained");
+        assert!(!batch.is_due(ms(8)), "the next batch of the backlog grows too");
+        batch.note_pending(0, ms(9));
+        batch.push(rows(1), 0, ms(9));
+        assert!(batch.is_due(ms(9)), "the backlog has drained");
         let _ = batch.take();
-        for pending in [2, 1, 0] {
-            batch.note_pending(pending);
-            batch.push(rows(1), pending, now);
+        for (at, pending) in [(10, 2), (11, 1), (12, 0)] {
+            batch.note_pending(pending, ms(at));
+            batch.push(rows(1), pending, ms(at));
         }
-        assert!(batch.is_due(now), "no backlog: due at batch_size");
+        assert!(batch.is_due(ms(12)), "no backlog: due at batch_size");
+    }
+
+    #[test]
+    fn a_growing_batch_goes_once_messages_stop_coming() {
+        // Other instances, or batches still being inserted, hold the consumer's max_ack_pending: JetStream
+        // stops delivering to this one although the stream holds more.
+        let policy = policy(3, 1000, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut batch = Batch::new(policy);
+        for n in 0..5u64 {
+            batch.note_pending(500 - n, t0 + Duration::from_millis(n));
+            batch.push(rows(1), n, t0 + Duration::from_millis(n));
+        }
+        let last = t0 + Duration::from_millis(4);
+        assert!(!batch.is_due(last + QUIET - Duration::from_millis(1)));
+        assert_eq!(batch.deadline(), Some(last + QUIET));
+        assert!(batch.is_due(last + QUIET));
+    }
+
+    #[test]
+    fn a_growing_batch_goes_after_grow_wait_however_fast_messages_come() {
+        let policy = policy(3, 1_000_000, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut batch = Batch::new(policy);
+        let mut at = t0;
+        while at < t0 + GROW_WAIT {
+            batch.note_pending(1_000_000, at);
+            batch.push(rows(1), 0, at);
+            assert!(!batch.is_due(at), "still growing at {:?}", at - t0);
+            at += Duration::from_millis(10);
+        }
+        assert_eq!(batch.deadline(), Some(t0 + GROW_WAIT));
+        assert!(batch.is_due(t0 + GROW_WAIT));
     }
 
     #[test]
     fn a_short_flush_interval_bounds_the_growing_too() {
-        let policy = policy(2, 100, Duration::from_millis(300));
+        let policy = policy(2, 100, Duration::from_millis(10));
         let now = Instant::now();
         let mut batch = Batch::new(policy);
-        batch.note_pending(50);
+        batch.note_pending(50, now);
         batch.push(rows(2), 50, now);
-        assert_eq!(batch.deadline(), Some(now + Duration::from_millis(300)));
+        assert!(!batch.is_due(now), "growing: 50 more wait");
+        assert_eq!(batch.deadline(), Some(now + Duration::from_millis(10)));
     }
 
     #[test]
@@ -333,13 +390,25 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_opened_in_a_backlog_reserves_room_for_the_ceiling() {
+    fn a_batch_opened_in_a_backlog_reserves_room_for_what_waits_up_to_the_ceiling() {
+        let now = Instant::now();
         let mut batch = Batch::new(policy(4, 12, Duration::from_secs(1)));
-        batch.note_pending(100);
-        batch.push(rows(1), 1, Instant::now());
+        batch.note_pending(100, now);
+        batch.push(rows(1), 1, now);
         assert!(
             batch.rows.capacity() >= 12,
             "it will grow to the ceiling: no copying on the way"
+        );
+        let mut batch = Batch::new(policy(4, 12, Duration::from_secs(1)));
+        batch.note_pending(6, now);
+        batch.push(rows(1), 1, now);
+        assert!((7..12).contains(&batch.rows.capacity()), "what waits, not the ceiling");
+        let mut batch = Batch::new(policy(4, 10_000_000, Duration::from_secs(1)));
+        batch.note_pending(50_000_000, now);
+        batch.push(rows(1), 1, now);
+        assert!(
+            batch.rows.capacity() < 2 * MAX_RESERVED_ROWS,
+            "a huge ceiling is not reserved up front"
         );
     }
 }

@@ -29,7 +29,8 @@ pub struct Settings {
     pub jetstream: JetStreamSettings,
     /// Where events are stored.
     pub clickhouse: ClickHouseSettings,
-    /// Rows that make a batch due for its INSERT; a due batch keeps growing while the previous INSERT runs.
+    /// Rows that make a batch due for its INSERT; a due batch keeps growing while the previous INSERT runs, and
+    /// while a backlog waits behind it (see `batcher::FlushPolicy`).
     pub batch_size: usize,
     /// Longest time, in seconds (fractions allowed, e.g. 0.5), a row waits in a partial batch before it is
     /// flushed (the last batch of a backlog of `batch_size` messages or more goes as soon as it has drained).
@@ -227,8 +228,8 @@ impl Settings {
             return invalid("server.ingest_rate_limit_per_minute", "must be at least 1".into());
         }
         let js = &self.jetstream;
-        // Held at once: the batch being inserted, the one queued behind it, the one being built, and what the
-        // source has pulled but the pipeline has not yet taken (the channel and the pull in flight).
+        // Held at once: the batch being inserted, the one before it while its acks go out, the one being built,
+        // and what the source has pulled but the pipeline has not yet taken (the channel and the pull in flight).
         let needed = self
             .batch_size
             .saturating_mul(3)
@@ -237,8 +238,8 @@ impl Settings {
             return invalid(
                 "jetstream.max_ack_pending",
                 format!(
-                    "{} cannot hold the batch being built, the one queued, the one being inserted and two pulls \
-                     (needs at least 3 x batch_size + 2 x jetstream.pull_batch = {needed})",
+                    "{} cannot hold the batch being built, the one being inserted, the one being acknowledged and \
+                     two pulls (needs at least 3 x batch_size + 2 x jetstream.pull_batch = {needed})",
                     js.max_ack_pending,
                 ),
             );

@@ -3,7 +3,8 @@
 //!
 //! A batch is due at `batch_size` rows, when its oldest row has waited `flush_interval`, or when a backlog of
 //! `batch_size` messages or more has drained (JetStream tells each message's backlog); while such a backlog waits
-//! behind it, only at the ceiling of rows (see [`FlushPolicy`]). It goes to the sink when the sink next asks for
+//! behind it, at the ceiling of rows instead, or once delivery pauses or the batch is a second old (see
+//! [`FlushPolicy`]). It goes to the sink when the sink next asks for
 //! one ([`handoff`](crate::handoff)). Until then it keeps taking rows, up to the ceiling; there the pipeline
 //! stops reading from the source, which is the backpressure that stops pulling when ClickHouse is slow or down.
 //!
@@ -52,9 +53,11 @@ impl PipelineSettings {
     /// The pipeline's part of the service's settings.
     ///
     /// The ceiling, `flush.max_rows`, is derived, not configured: half of what the consumer may hold
-    /// unacknowledged, after two pulls in flight, so that the batch being inserted and the one growing behind it
-    /// never stall JetStream's delivery (`max_ack_pending` is checked at start-up to be at least
-    /// `3 × batch_size + 2 × pull_batch`, which keeps this at 1.5 × `batch_size` or more).
+    /// unacknowledged, after two pulls in flight, so that, for one instance, the batch being inserted and the one
+    /// growing behind it fit in what JetStream delivers (`max_ack_pending` is checked at start-up to be at least
+    /// `3 × batch_size + 2 × pull_batch`, which keeps this at 1.5 × `batch_size` or more). Instances sharing the
+    /// consumer, and a batch whose acks are still going out, hold part of it too; delivery then pauses before a
+    /// growing batch reaches the ceiling, and the batch goes after [`crate::batcher::QUIET`].
     pub fn from_settings(settings: &Settings) -> Self {
         let js = &settings.jetstream;
         let room = js.max_ack_pending.saturating_sub(2 * js.pull_batch) / 2;
@@ -171,7 +174,7 @@ async fn handle(
     metrics: &Metrics,
 ) {
     metrics.messages_received.inc();
-    batch.note_pending(message.pending);
+    batch.note_pending(message.pending, Instant::now());
     tracing::debug!(
         "📨 Received analytics event from subject: {} (size: {} bytes)",
         message.subject,
@@ -404,6 +407,27 @@ mod tests {
         .await
         .expect("the backlog is handed over without waiting for the flush interval");
         assert_eq!(sizes, vec![50, 50, 30], "not batches of batch_size (10)");
+        task.await.expect("pipeline task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_growing_batch_goes_once_delivery_stops_although_more_wait() {
+        // JetStream stopped delivering (max_ack_pending held by others) with 100 messages still in the stream.
+        let (tx, taker, task) = start(settings(10, 50, Duration::from_secs(3600)));
+        let started = Instant::now();
+        for sequence in 1..=15 {
+            let mut m = message(sequence);
+            m.pending = 100;
+            tx.send(m).await.expect("pipeline runs");
+        }
+        assert_eq!(rows_of(&taker).await, Some(15));
+        let waited = started.elapsed();
+        assert!(
+            waited >= crate::batcher::QUIET && waited < crate::batcher::GROW_WAIT,
+            "handed over once no message came for QUIET: {waited:?}"
+        );
+        drop(tx);
+        assert_eq!(rows_of(&taker).await, None);
         task.await.expect("pipeline task");
     }
 
