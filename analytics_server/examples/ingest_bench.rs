@@ -82,19 +82,19 @@ const NOISE_SHARE: f64 = 0.10;
 )]
 struct Args {
     /// Backlog size.
-    #[arg(long, default_value_t = 200_000, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 200_000, value_parser = test_support::bench_args::at_least_one())]
     events: usize,
     /// How many times (a), (b) and (c) are measured; the summary uses the medians.
-    #[arg(long, default_value_t = 3, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 3, value_parser = test_support::bench_args::at_least_one())]
     rounds: usize,
     /// Rows per INSERT, of the service and of (b).
-    #[arg(long, default_value_t = 10_000, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 10_000, value_parser = test_support::bench_args::at_least_one())]
     batch_size: usize,
     /// Messages per pull request, of the service and of (a).
-    #[arg(long, default_value_t = 2_000, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 2_000, value_parser = test_support::bench_args::at_least_one())]
     pull_batch: usize,
     /// Of the service's consumer and of (a)'s.
-    #[arg(long, default_value_t = 40_000, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 40_000, value_parser = test_support::bench_args::at_least_one())]
     max_ack_pending: usize,
     /// Do not run `cargo build` for the service binary first.
     #[arg(long = "no-build", action = clap::ArgAction::SetFalse)]
@@ -105,11 +105,6 @@ struct Args {
     /// More environment for the service (another `ANALYTICS__…` key, `LD_PRELOAD`, …), applied last; repeatable.
     #[arg(long = "service-env", value_name = "KEY=VALUE", value_parser = key_value)]
     service_env: Vec<(String, String)>,
-}
-
-/// A count of at least 1.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 fn key_value(pair: &str) -> std::result::Result<(String, String), String> {

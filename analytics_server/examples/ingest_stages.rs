@@ -31,7 +31,7 @@ use analytics_server::row::EventRow;
 use analytics_server::schema::{self, EVENTS_TABLE};
 use analytics_server::sink::{ClickHouseSink, SinkSettings};
 use analytics_server::source::{self, Ack, Incoming};
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use fechatter_protos::v1::AnalyticsEvent;
@@ -48,42 +48,25 @@ use uuid::Uuid;
 /// Un-awaited publish acks allowed in flight (async-nats stalls at 5000).
 const PUBLISH_WINDOW: usize = 2_000;
 
-#[derive(Debug, Clone)]
+/// Command-line options.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ingest_stages",
+    about = "Where analytics_server's drain time goes, stage by stage"
+)]
 struct Args {
+    /// Backlog size.
+    #[arg(long, default_value_t = 200_000, value_parser = test_support::bench_args::at_least_one())]
     events: usize,
+    /// Rows per INSERT.
+    #[arg(long, default_value_t = 10_000, value_parser = test_support::bench_args::at_least_one())]
     batch_size: usize,
+    /// Messages per pull request.
+    #[arg(long, default_value_t = 2_000, value_parser = test_support::bench_args::at_least_one())]
     pull_batch: usize,
+    /// Of the consumer.
+    #[arg(long, default_value_t = 40_000, value_parser = test_support::bench_args::at_least_one())]
     max_ack_pending: usize,
-}
-
-impl Args {
-    fn parse() -> Result<Self> {
-        let mut args = Self {
-            events: 200_000,
-            batch_size: 10_000,
-            pull_batch: 2_000,
-            max_ack_pending: 40_000,
-        };
-        let mut it = std::env::args().skip(1);
-        while let Some(name) = it.next() {
-            let mut value = || -> Result<usize> {
-                let text = it.next().with_context(|| format!("{name} needs a value"))?;
-                let n: usize = text
-                    .parse()
-                    .with_context(|| format!("{name} {text:?} is not a number"))?;
-                ensure!(n > 0, "{name} must be at least 1");
-                Ok(n)
-            };
-            match name.as_str() {
-                "--events" => args.events = value()?,
-                "--batch-size" => args.batch_size = value()?,
-                "--pull-batch" => args.pull_batch = value()?,
-                "--max-ack-pending" => args.max_ack_pending = value()?,
-                other => bail!("unknown argument {other:?}"),
-            }
-        }
-        Ok(args)
-    }
 }
 
 /// What one stage is made of.
@@ -128,7 +111,7 @@ struct SinkTimes {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse()?;
+    let args = <Args as clap::Parser>::parse();
     let n = args.events;
     println!(
         "ingest_stages: {n} events, batch_size {}, pull_batch {}, max_ack_pending {}",

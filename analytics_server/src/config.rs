@@ -244,6 +244,15 @@ impl Settings {
                 ),
             );
         }
+        if js.max_ack_pending > MAX_ACK_PENDING {
+            return invalid(
+                "jetstream.max_ack_pending",
+                format!(
+                    "must be at most {MAX_ACK_PENDING}, not {}: the ingester holds up to this many events in memory",
+                    js.max_ack_pending
+                ),
+            );
+        }
         if js.duplicate_window_seconds < 120 {
             return invalid("jetstream.duplicate_window_seconds", "must be at least 120".into());
         }
@@ -367,6 +376,10 @@ impl Settings {
 
 /// Longest stream retention accepted, in days (a hundred years: beyond it the retention is a mistake).
 const MAX_AGE_DAYS: u64 = 36_500;
+
+/// Most unacknowledged messages the consumer may hold. The ingester holds about as many events as rows in memory
+/// (two batches of up to half of it, some 1 KB each), so this bounds its memory at about 1 GB.
+const MAX_ACK_PENDING: usize = 1_000_000;
 
 /// Smallest message and request body limit accepted: an event with its context takes a few hundred bytes.
 const MIN_MESSAGE_BYTES: usize = 1024;
@@ -504,6 +517,11 @@ mod tests {
             (
                 "ANALYTICS__BATCH_SIZE",
                 "18446744073709551615",
+                "jetstream.max_ack_pending",
+            ),
+            (
+                "ANALYTICS__JETSTREAM__MAX_ACK_PENDING",
+                "1000001",
                 "jetstream.max_ack_pending",
             ),
         ] {

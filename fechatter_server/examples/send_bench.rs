@@ -39,30 +39,17 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 )]
 struct Args {
     /// Messages per measurement.
-    #[arg(long, default_value_t = 20_000, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 20_000, value_parser = test_support::bench_args::at_least_one())]
     messages: usize,
     /// Concurrent clients (and raw connections).
-    #[arg(long, default_value_t = 16, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 16, value_parser = test_support::bench_args::at_least_one())]
     clients: usize,
     /// How many times each measurement runs, alternating the order; the figures are the medians.
-    #[arg(long, default_value_t = 2, value_parser = at_least_one())]
+    #[arg(long, default_value_t = 2, value_parser = test_support::bench_args::at_least_one())]
     rounds: usize,
     /// PostgreSQL's durability: `on` (production: a commit returns once on disk) or `off` (the tests' settings).
-    #[arg(long, default_value = "on", value_parser = durability)]
+    #[arg(long, default_value = "on", value_parser = test_support::bench_args::durability)]
     durability: Durability,
-}
-
-/// A count of at least 1.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
-}
-
-fn durability(text: &str) -> Result<Durability, String> {
-    match text {
-        "on" => Ok(Durability::On),
-        "off" => Ok(Durability::Off),
-        _ => Err("expected on or off".into()),
-    }
 }
 
 /// Sends/s and latency percentiles of one run.

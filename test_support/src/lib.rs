@@ -6,6 +6,7 @@
 //! * [`ChildProcess`] / [`cargo_bin`] — run a binary (e.g. the service under test) with its
 //!   output captured to a log file, and stop it with SIGTERM or SIGKILL.
 //! * [`free_port`], [`wait_until`], [`wait_until_ok`] — small utilities.
+//! * [`bench_args`] — value parsers of the benchmarks' command lines.
 //! * [`cpu`] — CPU seconds used by this process, its descendants and the rest of the machine, per step.
 //! * [`config_keys`] — configuration keys as README.md, a service's YAML file and its code know them.
 //! * [`raw_http`] — hostile HTTP requests over a raw socket, and the checks the hostile-input tests share.
@@ -44,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench_args;
 mod clickhouse;
 pub mod config_keys;
 pub mod cpu;
