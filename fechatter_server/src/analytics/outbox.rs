@@ -15,9 +15,8 @@
 //!
 //! Rows whose instance stopped before relaying them are picked up by any relay within `flush_interval_ms`.
 
-use super::publisher::AnalyticsPublisher;
+use super::publisher::{AnalyticsPublisher, Encoded, subject_suffix};
 use crate::metrics::Metrics;
-use fechatter_protos::SUBJECT_PREFIX;
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use sqlx::postgres::PgListener;
@@ -60,10 +59,7 @@ impl OutboxRow {
 
     /// The subject's suffix (`message.sent`), as the log lines name the event.
     pub fn suffix(&self) -> &str {
-        self.subject
-            .strip_prefix(SUBJECT_PREFIX)
-            .and_then(|s| s.strip_prefix('.'))
-            .unwrap_or(&self.subject)
+        subject_suffix(&self.subject)
     }
 }
 
@@ -140,30 +136,27 @@ pub async fn relay_once(
     metrics: &Metrics,
 ) -> Result<Round, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query("SELECT id, payload FROM analytics_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
-        .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut events = Vec::with_capacity(rows.len());
-    let mut undecodable = Vec::new();
-    for row in &rows {
-        let id: i64 = row.try_get("id")?;
-        let payload: Vec<u8> = row.try_get("payload")?;
-        match AnalyticsEvent::decode(payload.as_slice()) {
-            Ok(event) => {
-                ids.push(id);
-                events.push(event);
-            }
-            Err(err) => {
-                // Only this server writes the outbox, so this means a corrupted row: drop it, loudly.
-                tracing::error!(id, error = %err, "undecodable outbox row deleted");
-                undecodable.push(id);
-            }
-        }
+    let rows = sqlx::query(
+        "SELECT id, event_id, subject, payload FROM analytics_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    let claimed = rows.len();
+    let mut ids = Vec::with_capacity(claimed);
+    let mut events = Vec::with_capacity(claimed);
+    // Sent as stored: `OutboxRow::new` encoded them from events it checked, so they are not decoded again (a row
+    // corrupted in the database would reach the ingester, which dead-letters what it cannot decode).
+    for row in rows {
+        ids.push(row.try_get::<i64, _>("id")?);
+        events.push(Encoded {
+            event_id: row.try_get::<uuid::Uuid, _>("event_id")?.to_string(),
+            subject: row.try_get::<String, _>("subject")?.into(),
+            payload: row.try_get::<Vec<u8>, _>("payload")?.into(),
+        });
     }
-    let results = publisher.publish_all(&events).await;
-    let mut done: Vec<i64> = undecodable;
+    let results = publisher.publish_encoded(events).await;
+    let mut done: Vec<i64> = Vec::with_capacity(claimed);
     // One line per round, not per row: while NATS is down every row of every round fails the same way.
     let mut failed = 0usize;
     let mut first_error = None;
@@ -187,10 +180,7 @@ pub async fn relay_once(
         .await?;
     tx.commit().await?;
     metrics.events_published.inc_by(published as u64);
-    Ok(Round {
-        claimed: rows.len(),
-        published,
-    })
+    Ok(Round { claimed, published })
 }
 
 /// Runs the relay until `shutdown` is cancelled: a round whenever a new row commits (`wake`, or a notification),

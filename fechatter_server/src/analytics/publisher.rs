@@ -6,6 +6,8 @@
 //! awaiting each ack. A semaphore bounds the un-acknowledged messages across all callers; besides bounding
 //! memory, this avoids async-nats' hang when more than `max_ack_inflight` (5000) ack futures are held.
 
+use bytes::Bytes;
+use fechatter_protos::SUBJECT_PREFIX;
 use fechatter_protos::v1::AnalyticsEvent;
 use futures::stream::{FuturesUnordered, StreamExt};
 use prost::Message as _;
@@ -84,9 +86,29 @@ impl AnalyticsPublisher {
 
     /// Publishes `events`, pipelined, and returns one result per event, in order.
     pub async fn publish_all(&self, events: &[AnalyticsEvent]) -> Vec<Result<PublishOutcome, PublishError>> {
-        let mut results: Vec<Option<Result<PublishOutcome, PublishError>>> = events.iter().map(|_| None).collect();
+        self.publish_each(events.iter().map(Encoded::new)).await
+    }
+
+    /// Publishes events encoded already (the outbox relay's rows, which it sends as stored instead of decoding
+    /// and encoding each again), pipelined; one result per event, in order.
+    pub async fn publish_encoded(&self, events: Vec<Encoded>) -> Vec<Result<PublishOutcome, PublishError>> {
+        self.publish_each(events.into_iter().map(Ok)).await
+    }
+
+    async fn publish_each(
+        &self,
+        events: impl ExactSizeIterator<Item = Result<Encoded, PublishError>>,
+    ) -> Vec<Result<PublishOutcome, PublishError>> {
+        let mut results: Vec<Option<Result<PublishOutcome, PublishError>>> = (0..events.len()).map(|_| None).collect();
         let mut pending: FuturesUnordered<AckFuture> = FuturesUnordered::new();
-        for (index, event) in events.iter().enumerate() {
+        for (index, event) in events.enumerate() {
+            let event = match event {
+                Ok(event) => event,
+                Err(err) => {
+                    results[index] = Some(Err(err));
+                    continue;
+                }
+            };
             // Wait for a slot, settling our own acks meanwhile (otherwise our held permits could starve us).
             let permit = loop {
                 tokio::select! {
@@ -115,31 +137,72 @@ impl AnalyticsPublisher {
     /// Sends one event; the returned future resolves with JetStream's acknowledgement and frees the slot.
     async fn send(
         &self,
-        event: &AnalyticsEvent,
+        event: Encoded,
         permit: OwnedSemaphorePermit,
     ) -> Result<impl Future<Output = Result<PublishOutcome, PublishError>> + Send + 'static, PublishError> {
-        let kind = event.event_type.as_ref().ok_or(PublishError::NoEventType)?;
-        let event_id = event.event_id();
-        if event_id.is_empty() {
-            return Err(PublishError::NoEventId);
-        }
-        let suffix = kind.subject_suffix();
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, event.event_id.as_str());
         let ack = self
             .js
-            .publish_with_headers(kind.subject(), headers, event.encode_to_vec().into())
+            .publish_with_headers(event.subject.clone(), headers, event.payload)
             .await
             .map_err(|e| PublishError::Send(e.into()))?;
+        let subject = event.subject;
         Ok(async move {
             let result = ack.await;
             drop(permit);
             let ack = result.map_err(|e| PublishError::Ack(e.into()))?;
-            tracing::debug!("📤 Published analytics event: {}", suffix);
+            tracing::debug!("📤 Published analytics event: {}", subject_suffix(&subject));
             Ok(PublishOutcome {
                 sequence: ack.sequence,
                 duplicate: ack.duplicate,
             })
         })
+    }
+}
+
+/// An event ready to send: its subject, its id (JetStream's dedup key) and its protobuf bytes.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// `fechatter.analytics.<suffix>`.
+    pub subject: async_nats::Subject,
+    /// The event's `event_id`, sent as `Nats-Msg-Id`.
+    pub event_id: String,
+    /// The protobuf-encoded `AnalyticsEvent`.
+    pub payload: Bytes,
+}
+
+impl Encoded {
+    /// `event`, encoded; refused when it has no type (so no subject) or no `event_id`.
+    pub fn new(event: &AnalyticsEvent) -> Result<Self, PublishError> {
+        let kind = event.event_type.as_ref().ok_or(PublishError::NoEventType)?;
+        if event.event_id().is_empty() {
+            return Err(PublishError::NoEventId);
+        }
+        Ok(Self {
+            subject: kind.subject().into(),
+            event_id: event.event_id().to_owned(),
+            payload: event.encode_to_vec().into(),
+        })
+    }
+}
+
+/// The part of an analytics subject after `fechatter.analytics.` (`user.login`), as the log lines name events.
+pub fn subject_suffix(subject: &str) -> &str {
+    subject
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_suffix_is_what_follows_the_analytics_prefix() {
+        assert_eq!(subject_suffix("fechatter.analytics.user.login"), "user.login");
+        assert_eq!(subject_suffix("fechatter.analyticsx.user"), "fechatter.analyticsx.user");
+        assert_eq!(subject_suffix("other.subject"), "other.subject");
     }
 }
