@@ -47,12 +47,26 @@ BIN_DIR=${FECHATTER_BIN_DIR:-target/release}
 local_binaries() {
     # The default configuration is compiled into the binaries, so an edited analytics.yml or chat.yml takes
     # effect only in a fresh build: build unless binaries were named (cargo does nothing when they are current).
-    if [ -z "${FECHATTER_BIN_DIR:-}" ] || [ ! -x "$BIN_DIR/analytics_server" ] || [ ! -x "$BIN_DIR/fechatter_server" ]; then
-        echo "building the release binaries (nothing to do when they are current) …"
-        cargo build --release -p analytics_server -p fechatter_server --bins >/dev/null 2>&1 ||
-            { bad "cargo build failed: run cargo build --release -p analytics_server -p fechatter_server"; finish; }
-        BIN_DIR=target/release
+    local have_binaries=1
+    [ -x "$BIN_DIR/analytics_server" ] && [ -x "$BIN_DIR/fechatter_server" ] || have_binaries=0
+    if [ -n "${FECHATTER_BIN_DIR:-}" ] && [ "$have_binaries" = 1 ]; then
+        return
     fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        if [ "$have_binaries" = 1 ]; then
+            echo "⚠️  cargo not found: using $BIN_DIR as built (an edited analytics.yml or chat.yml needs a rebuild)"
+            return
+        fi
+        bad "no binaries in $BIN_DIR and no cargo to build them: install Rust, or set FECHATTER_BIN_DIR"
+        finish
+    fi
+    echo "building the release binaries (nothing to do when they are current) …"
+    if ! build_log=$(cargo build --release -p analytics_server -p fechatter_server --bins 2>&1); then
+        printf '%s\n' "$build_log" | tail -n 20
+        bad "cargo build failed (above): fix it, or set FECHATTER_BIN_DIR to binaries built elsewhere"
+        finish
+    fi
+    BIN_DIR=target/release
 }
 analytics() {
     if compose_running analytics_server; then

@@ -221,6 +221,33 @@ async fn a_row_that_cannot_be_published_holds_up_no_other() {
 }
 
 #[tokio::test]
+async fn an_outbox_row_with_no_analytics_subject_is_dropped_and_holds_up_no_other() {
+    // The relay sends rows as stored; a row whose subject was corrupted in the database would fail every round.
+    let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "300")]).await;
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    sqlx::query("INSERT INTO analytics_outbox (event_id, subject, payload) VALUES ($1, 'fechatter.nothing', '')")
+        .bind(uuid::Uuid::now_v7())
+        .execute(&app.pool)
+        .await
+        .expect("corrupted row");
+    let alice = app.signup("Alice", "Acme").await;
+    act(&app, &alice, 0).await;
+    wait_until("the outbox is empty", Duration::from_secs(15), || async {
+        (app.outbox_depth().await == 0).then_some(())
+    })
+    .await
+    .expect("the corrupted row is deleted and the others published");
+    let mut stream = stream;
+    let stored = stream.info().await.expect("info").state.messages;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(&metrics, "fechatter_analytics_events_published_total"),
+        stored as f64
+    );
+    assert_eq!(sample(&metrics, "fechatter_analytics_publish_failures_total"), 0.0);
+}
+
+#[tokio::test]
 async fn with_analytics_disabled_no_events_are_written() {
     let app = TestApp::start(&[("FECHATTER__FEATURES__MESSAGING__ENABLED", "false")]).await;
     let alice = app.direct_user("Alice", None).await;

@@ -17,6 +17,7 @@
 
 use super::publisher::{AnalyticsPublisher, Encoded, subject_suffix};
 use crate::metrics::Metrics;
+use fechatter_protos::type_name_from_subject;
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use sqlx::postgres::PgListener;
@@ -145,18 +146,27 @@ pub async fn relay_once(
     let claimed = rows.len();
     let mut ids = Vec::with_capacity(claimed);
     let mut events = Vec::with_capacity(claimed);
-    // Sent as stored: `OutboxRow::new` encoded them from events it checked, so they are not decoded again (a row
-    // corrupted in the database would reach the ingester, which dead-letters what it cannot decode).
+    let mut done: Vec<i64> = Vec::with_capacity(claimed);
+    // Sent as stored: `OutboxRow::new` encoded them from events it checked, so they are not decoded again (a
+    // payload corrupted in the database reaches the ingester, which dead-letters what it cannot decode).
     for row in rows {
-        ids.push(row.try_get::<i64, _>("id")?);
+        let id: i64 = row.try_get("id")?;
+        let subject: String = row.try_get("subject")?;
+        if type_name_from_subject(&subject).is_none() {
+            // Only this server writes the outbox, so this is a corrupted row; no stream would ever take it, and
+            // keeping it would fail every round. Drop it, loudly.
+            tracing::error!(id, subject, "outbox row with no analytics subject deleted");
+            done.push(id);
+            continue;
+        }
+        ids.push(id);
         events.push(Encoded {
             event_id: row.try_get::<uuid::Uuid, _>("event_id")?.to_string(),
-            subject: row.try_get::<String, _>("subject")?.into(),
+            subject: subject.into(),
             payload: row.try_get::<Vec<u8>, _>("payload")?.into(),
         });
     }
     let results = publisher.publish_encoded(events).await;
-    let mut done: Vec<i64> = Vec::with_capacity(claimed);
     // One line per round, not per row: while NATS is down every row of every round fails the same way.
     let mut failed = 0usize;
     let mut first_error = None;
