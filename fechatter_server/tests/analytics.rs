@@ -185,8 +185,15 @@ async fn two_relays_at_once_publish_every_event_once() {
 /// other: the rows published in the same relay round are deleted, the rest kept for later rounds.
 #[tokio::test]
 async fn a_row_that_cannot_be_published_holds_up_no_other() {
-    let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "300")]).await;
+    // Rounds of 2 rows, and a timer too slow to matter: the two sign-ups' events, which no stream takes, fill a
+    // whole round, and the file events must still go out as soon as they are written.
+    let app = TestApp::start(&[
+        ("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "60000"),
+        ("FECHATTER__ANALYTICS__BATCH_SIZE", "2"),
+    ])
+    .await;
     let alice = app.signup("Alice", "Acme").await;
+    app.signup("Bob", "Beta").await;
     let nats = async_nats::connect(app.nats.url()).await.expect("connect");
     let files = async_nats::jetstream::new(nats)
         .create_stream(async_nats::jetstream::stream::Config {
@@ -210,7 +217,7 @@ async fn a_row_that_cannot_be_published_holds_up_no_other() {
     let mut info = files.clone();
     assert_eq!(info.info().await.expect("info").state.messages, 3);
     let kept = app.outbox_events("fechatter.analytics.user.register").await;
-    assert_eq!(kept.len(), 1, "the sign-up's event waits for a stream that covers it");
+    assert_eq!(kept.len(), 2, "the sign-ups' events wait for a stream that covers them");
     assert_eq!(kept[0].user_id(), alice.id.to_string());
     let metrics = app.metrics().await;
     assert!(
@@ -282,6 +289,20 @@ async fn a_5xx_answer_is_opaque_and_recorded_as_error_occurred() {
     };
     assert_eq!(e.error_code, "500");
     assert!(e.context.starts_with("/api/upload"), "{}", e.context);
+
+    // A caller without an access token is nobody: no user id, rather than a user 0 that does not exist.
+    let bob = app.signup("Bob", "Beta").await;
+    sqlx::query("DROP TABLE refresh_tokens")
+        .execute(&app.pool)
+        .await
+        .expect("drop");
+    let signin = serde_json::json!({ "email": bob.email, "password": bob.password });
+    let (status, _) = app.send(app.http.post(app.url("/api/signin")).json(&signin)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let errors = error_events(&app, 2).await;
+    let context = errors[1].context.as_ref().expect("context");
+    assert_eq!((context.user_id.as_str(), context.workspace_id.as_str()), ("", ""));
+    assert!(!context.ip.is_empty(), "the rest of the context is kept");
 }
 
 /// An upload that fails inside the server once `DROP TABLE files` ran.

@@ -458,6 +458,62 @@ async fn concurrent_refreshes_with_one_token_let_at_most_one_through_and_revoke_
 }
 
 #[tokio::test]
+async fn a_logout_during_a_refresh_also_revokes_the_token_that_refresh_issues() {
+    let app = TestApp::start(&[]).await;
+    let user = app.signup("Midway", "Race").await;
+    // Hold the refresh in the middle of its transaction: its new token's insert checks the user's row (foreign
+    // key), which this transaction keeps locked until the logout is waiting too.
+    let mut hold = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user.id)
+        .execute(&mut *hold)
+        .await
+        .expect("lock the user");
+    let logging_out = async {
+        wait_for_lock_waits(&app, 1).await;
+        let logout = app.post("/api/logout", &user, json!({ "refresh_token": user.refresh_token }));
+        let release = async {
+            wait_for_lock_waits(&app, 2).await;
+            hold.commit().await.expect("release");
+        };
+        tokio::join!(logout, release).0
+    };
+
+    let ((status, body), logged_out) = tokio::join!(refresh(&app, &user.refresh_token), logging_out);
+
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let issued = body["refresh_token"].as_str().expect("refresh token");
+    assert_eq!(logged_out.0, StatusCode::NO_CONTENT);
+    let (status, body) = refresh(&app, issued).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("refresh_token_revoked")),
+        "the token issued while the logout waited died with its session"
+    );
+}
+
+/// Waits until `n` statements of the test's database wait for a lock.
+async fn wait_for_lock_waits(app: &TestApp, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{waiting} statements wait for a lock, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_expired_or_unknown_refresh_token_is_refused_with_401() {
     let app = TestApp::start(&[]).await;
     let user = app.signup("Late", "Expiry").await;

@@ -45,12 +45,13 @@ async fn a_sent_message_is_stored_bumps_the_chat_and_records_message_sent() {
     let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
     let chat = create(&app, &ada, "Team", &[&bob]).await;
     let content = "hi @bob, notes at https://example.com/notes";
+    let file = app.upload_file(&bob, b"the notes").await;
 
     let (status, message) = app
         .post(
             &format!("/api/chats/{chat}/messages"),
             &bob,
-            json!({ "content": content, "files": ["/files/1/abc.txt"] }),
+            json!({ "content": content, "files": [file] }),
         )
         .await;
 
@@ -58,7 +59,7 @@ async fn a_sent_message_is_stored_bumps_the_chat_and_records_message_sent() {
     assert_eq!(message["chat_id"].as_i64(), Some(chat));
     assert_eq!(message["sender_id"].as_i64(), Some(bob.id));
     assert_eq!(message["content"], content);
-    assert_eq!(message["files"], json!(["/files/1/abc.txt"]));
+    assert_eq!(message["files"], json!([file]));
     assert!(message["edited_at"].is_null() && message["created_at"].is_string());
     let id = message["id"].as_i64().expect("id");
     let (stored, files): (String, Vec<String>) = sqlx::query_as("SELECT content, files FROM messages WHERE id = $1")
@@ -66,10 +67,7 @@ async fn a_sent_message_is_stored_bumps_the_chat_and_records_message_sent() {
         .fetch_one(&app.pool)
         .await
         .expect("row");
-    assert_eq!(
-        (stored.as_str(), files.as_slice()),
-        (content, &["/files/1/abc.txt".to_owned()][..])
-    );
+    assert_eq!((stored.as_str(), files.as_slice()), (content, &[file][..]));
     let (_, shown) = app.get(&format!("/api/chats/{chat}"), &bob).await;
     assert_eq!(
         shown["last_activity_at"], message["created_at"],
@@ -109,17 +107,26 @@ async fn a_sent_message_is_stored_bumps_the_chat_and_records_message_sent() {
 async fn a_message_needs_content_or_files_within_the_limits() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
+    let outsider = app.direct_user("Eve", None).await;
     let chat = create(&app, &ada, "Team", &[]).await;
     let path = format!("/api/chats/{chat}/messages");
+    let file = app.upload_file(&ada, b"shared").await;
+    let foreign = app.upload_file(&outsider, b"not yours").await;
+    let never_uploaded = format!("/api/files/{}/{}", ada.workspace_id, "ab".repeat(32));
     let refusals = [
         (json!({ "content": "" }), "empty_message"),
         (json!({ "content": " \n\t" }), "empty_message"),
         (json!({}), "empty_message"),
         (json!({ "content": "x".repeat(4001) }), "content_too_long"),
         (
-            json!({ "content": "x", "files": vec!["/files/1/a"; 11] }),
+            json!({ "content": "x", "files": vec![file.as_str(); 11] }),
             "too_many_files",
         ),
+        (json!({ "content": "x", "files": [foreign] }), "invalid_file"),
+        (json!({ "files": ["javascript:alert(1)"] }), "invalid_file"),
+        (json!({ "files": [format!("{file}/../x")] }), "invalid_file"),
+        (json!({ "files": [file.to_uppercase()] }), "invalid_file"),
+        (json!({ "files": [file, never_uploaded] }), "unknown_file"),
         (
             json!({ "content": "x", "idempotency_key": "" }),
             "invalid_idempotency_key",
@@ -139,7 +146,7 @@ async fn a_message_needs_content_or_files_within_the_limits() {
 
     let (status, longest) = app.post(&path, &ada, json!({ "content": "€".repeat(4000) })).await;
     assert_eq!(status, StatusCode::CREATED, "{longest}");
-    let (status, files_only) = app.post(&path, &ada, json!({ "files": vec!["/files/1/a"; 10] })).await;
+    let (status, files_only) = app.post(&path, &ada, json!({ "files": vec![file.as_str(); 10] })).await;
     assert_eq!(status, StatusCode::CREATED, "{files_only}");
     assert_eq!(files_only["content"], "");
     assert_eq!(message_rows(&app).await, 2);

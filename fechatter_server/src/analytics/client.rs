@@ -47,6 +47,16 @@ impl ClientInfo {
         RequestContext {
             user_id: user_id.to_string(),
             workspace_id: workspace_id.to_string(),
+            ..self.anonymous_context()
+        }
+    }
+
+    /// The analytics context of a request by nobody known: no user or workspace id (empty, as the contract says
+    /// for anonymous events, so that no one is mistaken for a user of id 0).
+    pub fn anonymous_context(&self) -> RequestContext {
+        RequestContext {
+            user_id: String::new(),
+            workspace_id: String::new(),
             client_id: self.client_id.clone(),
             session_id: self.session_id.clone(),
             ip: self.ip.to_string(),

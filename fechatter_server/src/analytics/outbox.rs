@@ -15,15 +15,16 @@
 //!
 //! Rows whose instance stopped before relaying them are picked up by any relay within `flush_interval_ms`.
 
-use super::publisher::{AnalyticsPublisher, Encoded, subject_suffix};
+use super::publisher::{AnalyticsPublisher, Encoded, PublishError, subject_suffix};
 use crate::metrics::Metrics;
 use fechatter_protos::type_name_from_subject;
 use fechatter_protos::v1::AnalyticsEvent;
 use prost::Message as _;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row as _};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -121,26 +122,37 @@ pub struct RelaySettings {
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// What one relay round did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Round {
     /// Rows claimed.
     pub claimed: usize,
     /// Rows acknowledged by JetStream and deleted.
     pub published: usize,
+    /// Rows not published (kept in the outbox), by id.
+    pub failed: Vec<i64>,
 }
 
-/// Publishes up to `batch_size` outbox rows and deletes those JetStream acknowledged, in one transaction.
+/// Longest a round publishes: past it, the rows not acknowledged yet stay in the outbox for a later round. A
+/// round's transaction is open while it publishes, and an open transaction holds back PostgreSQL's cleanup
+/// (vacuum, and the pruning of the live-update journal), so it must not last for the length of an outage.
+const ROUND_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Publishes up to `batch_size` outbox rows, except those of `parked`, and deletes those JetStream
+/// acknowledged, in one transaction.
 pub async fn relay_once(
     pool: &PgPool,
     publisher: &AnalyticsPublisher,
     batch_size: usize,
+    parked: &[i64],
     metrics: &Metrics,
 ) -> Result<Round, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
-        "SELECT id, event_id, subject, payload FROM analytics_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, event_id, subject, payload FROM analytics_outbox WHERE id <> ALL($2) \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
+    .bind(parked)
     .fetch_all(&mut *tx)
     .await?;
     let claimed = rows.len();
@@ -166,22 +178,28 @@ pub async fn relay_once(
             payload: row.try_get::<Vec<u8>, _>("payload")?.into(),
         });
     }
-    let results = publisher.publish_encoded(events).await;
+    let results = match tokio::time::timeout(ROUND_DEADLINE, publisher.publish_encoded(events)).await {
+        Ok(results) => results,
+        // Messages sent but not acknowledged may be stored; their next publish is a duplicate JetStream drops.
+        Err(_) => (0..ids.len())
+            .map(|_| Err(PublishError::Ack("the relay round's deadline passed".into())))
+            .collect(),
+    };
     // One line per round, not per row: while NATS is down every row of every round fails the same way.
-    let mut failed = 0usize;
+    let mut failed = Vec::new();
     let mut first_error = None;
     for (id, result) in ids.iter().zip(&results) {
         match result {
             Ok(_) => done.push(*id),
             Err(err) => {
                 metrics.publish_failures.inc();
-                failed += 1;
+                failed.push(*id);
                 first_error.get_or_insert_with(|| crate::error_chain(err));
             }
         }
     }
     if let Some(error) = first_error {
-        tracing::warn!(failed, error = %error, "analytics events not published; kept in the outbox");
+        tracing::warn!(failed = failed.len(), error = %error, "analytics events not published; kept in the outbox");
     }
     let published = results.iter().filter(|r| r.is_ok()).count();
     sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")
@@ -190,12 +208,49 @@ pub async fn relay_once(
         .await?;
     tx.commit().await?;
     metrics.events_published.inc_by(published as u64);
-    Ok(Round { claimed, published })
+    Ok(Round {
+        claimed,
+        published,
+        failed,
+    })
+}
+
+/// Rows that failed to publish, left out of the relay's rounds for a while so that they hold up no others: a
+/// row that JetStream refuses (no stream takes its subject, a permission) fails in every round, and without
+/// this `batch_size` such rows at the head of the outbox would stop every later event.
+#[derive(Debug, Default)]
+struct Parked {
+    until: HashMap<i64, Instant>,
+}
+
+/// Most rows parked at once; beyond it failed rows are simply claimed again (bounds the memory, and the size
+/// of the claim's `<> ALL` list).
+const MAX_PARKED: usize = 10_000;
+
+impl Parked {
+    /// Parks `ids` for `period`, as room allows.
+    fn park(&mut self, ids: &[i64], period: Duration) {
+        let until = Instant::now() + period;
+        for id in ids {
+            if self.until.len() >= MAX_PARKED {
+                break;
+            }
+            self.until.insert(*id, until);
+        }
+    }
+
+    /// The ids parked now, after releasing those whose period ended.
+    fn current(&mut self) -> Vec<i64> {
+        let now = Instant::now();
+        self.until.retain(|_, until| *until > now);
+        self.until.keys().copied().collect()
+    }
 }
 
 /// Runs the relay until `shutdown` is cancelled: a round whenever a new row commits (`wake`, or a notification),
 /// every `flush_interval` otherwise, and rounds back to back while full batches keep coming. Failures (NATS or
-/// PostgreSQL down) back off up to `flush_interval`; the rows wait in the outbox.
+/// PostgreSQL down) back off up to `flush_interval`; the rows wait in the outbox. While NATS is disconnected no
+/// round runs; rows that fail while others go through are parked for `flush_interval` ([`Parked`]).
 pub async fn run_relay(
     pool: PgPool,
     publisher: AnalyticsPublisher,
@@ -206,26 +261,46 @@ pub async fn run_relay(
 ) {
     let mut listener = connect_listener(&pool).await;
     let mut failures = 0u32;
+    let mut parked = Parked::default();
+    let mut was_connected = true;
     loop {
-        // Drain: full batches mean more rows are waiting.
-        loop {
-            match relay_once(&pool, &publisher, settings.batch_size, &metrics).await {
-                Ok(round) if round.published < round.claimed => {
-                    failures += 1;
-                    break;
-                }
-                Ok(round) => {
-                    failures = 0;
-                    if round.claimed < settings.batch_size || shutdown.is_cancelled() {
+        let connected = publisher.is_connected();
+        if connected != was_connected {
+            if connected {
+                tracing::info!("NATS reconnected: the outbox relay resumes");
+            } else {
+                tracing::warn!("NATS disconnected: analytics events wait in the outbox until it is back");
+            }
+            was_connected = connected;
+        }
+        if connected {
+            // Drain: full batches mean more rows are waiting.
+            loop {
+                match relay_once(&pool, &publisher, settings.batch_size, &parked.current(), &metrics).await {
+                    Ok(round) => {
+                        parked.park(&round.failed, settings.flush_interval);
+                        // Nothing went through: NATS or JetStream is failing as a whole (or every row of the round
+                        // is refused, and the next round claims others); wait before the next try.
+                        if round.published == 0 && !round.failed.is_empty() {
+                            failures += 1;
+                            break;
+                        }
+                        failures = 0;
+                        if round.claimed < settings.batch_size || shutdown.is_cancelled() {
+                            break;
+                        }
+                    }
+                    Err(err) => {
+                        failures += 1;
+                        tracing::warn!(error = %crate::error_chain(&err), "outbox relay round failed");
                         break;
                     }
                 }
-                Err(err) => {
-                    failures += 1;
-                    tracing::warn!(error = %crate::error_chain(&err), "outbox relay round failed");
-                    break;
-                }
             }
+        } else {
+            // No round while NATS is unreachable: each would hold a transaction open only to fail. The client
+            // reconnects by itself; the rows wait in the outbox.
+            failures += 1;
         }
         if shutdown.is_cancelled() {
             break;

@@ -76,6 +76,11 @@ impl AnalyticsPublisher {
         }
     }
 
+    /// Whether the NATS connection is up now (it reconnects by itself when it is not).
+    pub fn is_connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Publishes one event and waits for its acknowledgement.
     pub async fn publish(&self, event: &AnalyticsEvent) -> Result<PublishOutcome, PublishError> {
         self.publish_all(std::slice::from_ref(event))

@@ -3,10 +3,23 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use tokio::sync::Semaphore;
+
+/// Hashes computed at once; the others wait their turn. Each takes ~19 MiB and tens of milliseconds of a core,
+/// so more at once only add memory (a burst of sign-ins from many addresses could take gigabytes) and take the
+/// blocking threads that file uploads and downloads also run on.
+const MAX_CONCURRENT_HASHES: usize = 8;
+static HASHING: Semaphore = Semaphore::const_new(MAX_CONCURRENT_HASHES);
+
+/// Runs `work` on the blocking pool, at most [`MAX_CONCURRENT_HASHES`] at once.
+async fn gated<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let _turn = HASHING.acquire().await?;
+    Ok(tokio::task::spawn_blocking(work).await?)
+}
 
 /// Hashes `password` (PHC string with salt and parameters).
 pub async fn hash(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
+    gated(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -18,12 +31,12 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 
 /// True when `password` matches `phc`. A malformed stored hash counts as no match.
 pub async fn verify(password: String, phc: String) -> anyhow::Result<bool> {
-    Ok(tokio::task::spawn_blocking(move || {
+    gated(move || {
         PasswordHash::new(&phc)
             .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)
     })
-    .await?)
+    .await
 }
 
 /// A valid hash of a random password, verified against when the e-mail is unknown, so that an unknown e-mail
@@ -51,5 +64,26 @@ mod tests {
         assert!(!verify("password124".into(), phc).await.expect("verify"));
         assert!(!verify("x".into(), "not a hash".into()).await.expect("verify"));
         assert!(!verify("x".into(), decoy_hash().to_owned()).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_limit_of_hashes_run_at_once() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let works = (0..3 * MAX_CONCURRENT_HASHES).map(|_| {
+            let (running, most) = (running.clone(), most.clone());
+            gated(move || {
+                most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        for done in futures::future::join_all(works).await {
+            done.expect("ran");
+        }
+        // Other tests of this process may hold turns meanwhile, so at most the limit, and more than one.
+        let most = most.load(Ordering::SeqCst);
+        assert!((2..=MAX_CONCURRENT_HASHES).contains(&most), "{most} at once");
     }
 }

@@ -84,7 +84,7 @@ pub async fn start_family(conn: &mut PgConnection, user_id: i64, ttl_seconds: u6
     insert(conn, Uuid::new_v4(), user_id, ttl_seconds).await
 }
 
-/// A presented token's row, locked.
+/// A presented token's row, read under its family's lock.
 #[derive(sqlx::FromRow)]
 struct Presented {
     id: Uuid,
@@ -99,17 +99,27 @@ struct Presented {
 /// Redeems `presented`: marks it used and issues its successor in the same family, valid for `ttl_seconds`.
 ///
 /// Runs its own transaction, because a reuse must commit the family's revocation even though the caller is
-/// refused. The row lock (`FOR UPDATE`) serialises concurrent redemptions of one token: the second one waits,
-/// then sees the token used and revokes the family.
+/// refused. The family's lock ([`lock_family`]) serialises it with every other rotation and revocation of the
+/// family: a second redemption of one token waits, then sees the token used and revokes the family.
 pub async fn rotate(pool: &PgPool, presented: &str, ttl_seconds: u64) -> Result<Rotated, RefreshError> {
+    let token_hash = tokens::hash_opaque_token(presented);
     let mut tx = pool.begin().await?;
+    // A token's family never changes, so it can be read before the lock that guards the family is taken.
+    let family_id: Option<Uuid> = sqlx::query_scalar("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+        .bind(&token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(family_id) = family_id else {
+        return Err(RefreshError::Unknown);
+    };
+    lock_family(&mut tx, family_id).await?;
     let row: Option<Presented> = sqlx::query_as(
         "SELECT rt.id, rt.family_id, rt.user_id, u.workspace_id, rt.expires_at <= now() AS expired, \
                 rt.used_at IS NOT NULL AS used, rt.revoked_at IS NOT NULL AS revoked \
          FROM refresh_tokens rt JOIN users u ON u.id = rt.user_id \
-         WHERE rt.token_hash = $1 FOR UPDATE OF rt",
+         WHERE rt.token_hash = $1",
     )
-    .bind(tokens::hash_opaque_token(presented))
+    .bind(&token_hash)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
@@ -142,11 +152,30 @@ pub async fn rotate(pool: &PgPool, presented: &str, ttl_seconds: u64) -> Result<
     })
 }
 
-/// Revokes every live token of `family_id`; returns how many were live.
-async fn revoke(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
+/// Takes the lock of `family_id` until the end of the transaction on `conn`.
+///
+/// Why a lock of the family and not of its rows: a revocation's `UPDATE` sees only the tokens committed when it
+/// started. Waiting on the row of the token being rotated, it would then revoke that row but miss the successor
+/// the rotation was inserting, which would stay valid after a logout or a detected reuse. Every rotation and
+/// revocation of a family takes this lock first, so a revocation starts only after a rotation committed.
+async fn lock_family(conn: &mut PgConnection, family_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
+        .bind(FAMILY_LOCK_CLASS)
         .bind(family_id)
         .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The first key of the families' advisory locks: keeps them apart from any other advisory lock.
+const FAMILY_LOCK_CLASS: i32 = 0x5246_5448; // "RFTH"
+
+/// Revokes every live token of `family_id`; returns how many were live.
+async fn revoke(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, sqlx::Error> {
+    lock_family(&mut *conn, family_id).await?;
+    let done = sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
+        .bind(family_id)
+        .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected())
 }

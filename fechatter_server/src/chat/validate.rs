@@ -156,9 +156,38 @@ pub fn message_sent(chat_id: i64, content: &str, files: &[String]) -> MessageSen
         r#type: if files.is_empty() { "text" } else { "file" }.into(),
         size: i32::try_from(content.len()).unwrap_or(i32::MAX),
         total_files: i32::try_from(files.len()).unwrap_or(i32::MAX),
-        has_mentions: content.contains('@'),
-        has_links: content.contains("http://") || content.contains("https://"),
+        has_mentions: has_mention(content),
+        has_links: has_link(content),
     }
+}
+
+/// Whether `content` mentions someone: an `@` that starts a word and is followed by a name (`@bob`, `(@bob`),
+/// not the `@` inside an e-mail address (`bob@example.com`).
+fn has_mention(content: &str) -> bool {
+    let is_name = |c: char| c.is_alphanumeric() || c == '_';
+    let mut previous: Option<char> = None;
+    let mut chars = content.chars().peekable();
+    while let Some(c) = chars.next() {
+        let starts_word = !previous.is_some_and(|p| is_name(p) || matches!(p, '.' | '-' | '+'));
+        if c == '@' && starts_word && chars.peek().is_some_and(|&next| is_name(next)) {
+            return true;
+        }
+        previous = Some(c);
+    }
+    false
+}
+
+/// Whether `content` holds a link: a word starting with `http://`, `https://` or `www.`, in any case.
+fn has_link(content: &str) -> bool {
+    let bytes = content.as_bytes();
+    (0..bytes.len()).any(|i| {
+        (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
+            && ["http://", "https://", "www."].iter().any(|p| {
+                bytes[i..]
+                    .get(..p.len())
+                    .is_some_and(|w| w.eq_ignore_ascii_case(p.as_bytes()))
+            })
+    })
 }
 
 #[cfg(test)]
@@ -260,5 +289,21 @@ mod tests {
         let e = message_sent(5, "é", &["/files/1/a".into(), "/files/1/b".into()]);
         assert_eq!((e.r#type.as_str(), e.size, e.total_files), ("file", 2, 2));
         assert!(!e.has_mentions && !e.has_links);
+    }
+
+    #[test]
+    fn a_mention_is_an_at_sign_starting_a_name_and_a_link_a_word_starting_a_url() {
+        for text in ["@bob", "hi @bob!", "(@ada_l)", "cc:@Zoë", "line\n@bob"] {
+            assert!(has_mention(text), "{text}");
+        }
+        for text in ["mail bob@example.com", "a.b@c.d", "@ alone", "just @", "x+y@z.io", ""] {
+            assert!(!has_mention(text), "{text}");
+        }
+        for text in ["https://x.io", "see HTTP://X.IO", "(www.example.com)", "Www.a.b"] {
+            assert!(has_link(text), "{text}");
+        }
+        for text in ["nohttp://x", "awww.nothing", "http:/x", "plain words", "é"] {
+            assert!(!has_link(text), "{text}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{FileDownloadedEvent, FileUploadedEvent};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio::io::AsyncWriteExt as _;
@@ -68,6 +69,51 @@ pub struct Uploaded {
 /// True for a lower-case hex SHA-256.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The URL a stored file is downloaded from, answered by uploads and attached to messages.
+pub fn url(workspace_id: i64, sha256: &str) -> String {
+    format!("/api/files/{workspace_id}/{sha256}")
+}
+
+/// Checks that every reference attached to a message is the [`url`] of a file uploaded to `workspace_id`: 400
+/// `invalid_file` for anything else (another workspace's file, a link, a path), 400 `unknown_file` for a digest
+/// no upload stored. Members download what a message references, so it must be something they can download.
+pub async fn check_references(pool: &PgPool, workspace_id: i64, references: &[String]) -> Result<(), ApiError> {
+    if references.is_empty() {
+        return Ok(());
+    }
+    let prefix = url(workspace_id, "");
+    let mut digests = Vec::with_capacity(references.len());
+    for reference in references {
+        match reference.strip_prefix(&prefix) {
+            Some(digest) if is_sha256_hex(digest) => digests.push(digest),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_file",
+                    format!(
+                        "file reference {reference:?} is not a file of this workspace; attach the url an upload \
+                         answered ({prefix}<sha256>)"
+                    ),
+                ));
+            }
+        }
+    }
+    let missing: Option<String> = sqlx::query_scalar(
+        "SELECT d FROM unnest($2::text[]) AS d \
+         WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.workspace_id = $1 AND f.sha256 = d) LIMIT 1",
+    )
+    .bind(workspace_id)
+    .bind(&digests)
+    .fetch_optional(pool)
+    .await?;
+    match missing {
+        Some(digest) => Err(ApiError::bad_request(
+            "unknown_file",
+            format!("no file {prefix}{digest} was uploaded to this workspace"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Where a file lives on disk.
@@ -147,7 +193,7 @@ async fn upload(
     let files = staged
         .into_iter()
         .map(|file| StoredFile {
-            url: format!("/api/files/{}/{}", user.workspace_id, file.sha256),
+            url: url(user.workspace_id, &file.sha256),
             sha256: file.sha256,
             size: file.size,
             content_type: file.content_type,

@@ -11,6 +11,7 @@ use crate::chat::store::{self, NewMessage, Sent};
 use crate::chat::{Message, validate};
 use crate::error::ApiError;
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, empty_as_none};
+use crate::http::files;
 use crate::live::{self, LiveKind, Notice};
 use crate::state::AppState;
 use axum::Json;
@@ -39,7 +40,8 @@ pub struct SendMessage {
     #[serde(default)]
     #[schema(max_length = 4000)]
     pub content: String,
-    /// File references (from the upload route), at most 10.
+    /// Files of the sender's workspace, as the `url`s the upload route answered
+    /// (`/api/files/{workspace_id}/{sha256}`), at most 10.
     #[serde(default)]
     pub files: Vec<String>,
     /// Sending again with the same key (same sender, same chat) returns the first message instead of
@@ -89,7 +91,8 @@ pub struct SearchQuery {
     responses(
         (status = 201, description = "Sent", body = Message),
         (status = 200, description = "Sent before with this idempotency key: the original message", body = Message),
-        (status = 400, description = "Empty or too long content, too many files, or an invalid idempotency key"),
+        (status = 400, description = "Empty or too long content, too many files, a file that is not an upload of \
+            the sender's workspace (`invalid_file`, `unknown_file`), or an invalid idempotency key"),
         (status = 401, description = "Missing or invalid access token"),
         (status = 403, description = "Not a member of this public channel"),
         (status = 404, description = "No such chat visible to the caller"),
@@ -105,8 +108,13 @@ async fn send_message(
     ApiPath(chat_id): ApiPath<i64>,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
-    let checked = validate::message_body(&body.content, &body.files)
+    let mut checked = validate::message_body(&body.content, &body.files)
         .and_then(|()| validate::idempotency_key(body.idempotency_key.as_deref()));
+    if checked.is_ok()
+        && let Err(refused) = files::check_references(&state.pool, user.workspace_id, &body.files).await
+    {
+        checked = Err(refused);
+    }
     let key = match checked {
         Ok(key) => key.map(str::to_owned),
         Err(invalid) => {

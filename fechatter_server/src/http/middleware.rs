@@ -1,19 +1,21 @@
 //! Layers every route shares: request metrics by matched route, the JSON body limit, CORS limited to the
 //! configured origins, request tracing, an `error_occurred` analytics event for every 5xx answer (written beside
 //! the answer, never holding it up; best effort), JSON 404/405 fallbacks, and `Connection: close` after refusing a
-//! request whose body was not read.
+//! request whose body was not read. A handler that panics answers an opaque JSON 500, like any other
+//! internal error, instead of dropping the connection.
 
 use crate::analytics::{CLIENT_HEADERS, ClientInfo};
-use crate::error::InternalErrorReport;
+use crate::error::{ApiError, InternalErrorReport};
 use crate::metrics::{RouteLabel, RouteLabels};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use fechatter_protos::v1::ErrorOccurredEvent;
 use fechatter_protos::v1::analytics_event::EventType;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -33,11 +35,23 @@ pub fn apply(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     router
         .fallback(fechatter_service::http::not_found)
         .method_not_allowed_fallback(fechatter_service::http::method_not_allowed)
+        // Inside `observe`, so that a panicking handler is counted and recorded as the 500 it becomes.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(middleware::from_fn(fechatter_service::http::close_after_refused_body))
         .layer(DefaultBodyLimit::max(state.settings.server.max_body_bytes))
         .layer(cors)
         .layer(TraceLayer::new_for_http())
+}
+
+/// The answer of a handler that panicked: the opaque 500 of every internal error, its cause logged.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    ApiError::Internal(anyhow::anyhow!("request handler panicked: {message}")).into_response()
 }
 
 /// The request headers browsers may send cross-origin: the credentials, the body's type, and the client
@@ -88,7 +102,10 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .and_then(|t| state.keys.verify(t).ok());
-        let (user_id, workspace_id) = caller.map(|c| (c.sub.parse().unwrap_or(0), c.ws)).unwrap_or((0, 0));
+        let context = match caller.and_then(|c| Some((c.sub.parse::<i64>().ok()?, c.ws))) {
+            Some((user_id, workspace_id)) => client.context(user_id, workspace_id),
+            None => client.anonymous_context(),
+        };
         let kind = EventType::ErrorOccurred(ErrorOccurredEvent {
             error_type: "http_5xx".into(),
             error_code: status.to_string(),
@@ -98,9 +115,29 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         });
         // Best effort, in its own transaction and its own task: the request already failed, and the database may
         // be why; waiting for a connection here delayed the 500 by the pool's acquire timeout.
-        state
-            .analytics
-            .record_detached(&state.pool, kind, client.context(user_id, workspace_id));
+        state.analytics.record_detached(&state.pool, kind, context);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_answers_the_opaque_500_that_records_error_occurred() {
+        let response = panic_response(Box::new("index out of bounds"));
+        assert_eq!(response.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let report = response.extensions().get::<InternalErrorReport>().expect("reported");
+        assert!(report.0.contains("index out of bounds"), "{}", report.0);
+        let response = panic_response(Box::new(String::from("owned message")));
+        assert!(
+            response
+                .extensions()
+                .get::<InternalErrorReport>()
+                .expect("reported")
+                .0
+                .contains("owned message")
+        );
+    }
 }

@@ -217,6 +217,17 @@ impl TestApp {
         message["id"].as_i64().expect("message id")
     }
 
+    /// Uploads `bytes` as `user`; returns the url to attach to messages.
+    pub async fn upload_file(&self, user: &User, bytes: &[u8]) -> String {
+        let part = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("notes.txt");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let (status, body) = self
+            .send(self.request(Method::POST, "/api/upload", user).multipart(form))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "upload: {body}");
+        body["files"][0]["url"].as_str().expect("url").to_owned()
+    }
+
     /// Signs up a new user in a new workspace named `workspace`.
     pub async fn signup(&self, fullname: &str, workspace: &str) -> User {
         self.signup_into(fullname, "workspace", json!(workspace)).await
