@@ -34,7 +34,8 @@ esac
 as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
 psql=(psql -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
 
-# The send statement's variants, put together from parts/: name, with the outbox row, with the live NOTIFY.
+# The send statement's variants, put together from parts/: name, with the outbox row, with the live-update
+# journal row (1), or with one journal row carrying the event too (2: a design probe, see docs/benchmarks.md).
 statement() {
     local name=$1 event=$2 live=$3 columns="EXISTS (SELECT 1 FROM member) AS is_member"
     {
@@ -48,6 +49,10 @@ statement() {
             echo ','; grep -v '^--' "$here/parts/live.sql"
             columns+=", (SELECT count(*) FROM live_notice) AS notices"
         fi
+        if [ "$live" = 2 ]; then
+            echo ','; grep -v '^--' "$here/parts/live_with_event.sql"
+            columns+=", (SELECT count(*) FROM live_notice) AS notices"
+        fi
         echo "SELECT $columns, ins.* FROM (SELECT) AS one LEFT JOIN ins ON true;"
     } >"$dir/$name.sql"
 }
@@ -56,7 +61,8 @@ statement send_off_without_live 0 0
 statement send_off 0 1
 statement send_on_without_live 1 0
 statement send_on 1 1
-variants=(raw message_insert send_off_without_live send_off send_on_without_live send_on)
+statement send_on_in_journal 0 2
+variants=(raw message_insert send_off_without_live send_off send_on_without_live send_on send_on_in_journal)
 declare -A tps
 for round in $(seq 1 "$rounds"); do
     order=("${variants[@]}")
@@ -74,6 +80,7 @@ for round in $(seq 1 "$rounds"); do
                 SELECT 1, 'user ' || g, 'user' || g || '@bench.local', 'x' FROM generate_series(1, 16) g;
             INSERT INTO chats (workspace_id, name, chat_type, owner_id) VALUES (1, 'bench', 'group', 1);
             INSERT INTO chat_members (chat_id, user_id) SELECT 1, id FROM users;
+            ALTER TABLE live_events ADD COLUMN event BYTEA;
             CREATE TABLE raw_bench (id BIGSERIAL PRIMARY KEY, chat_id BIGINT, sender_id BIGINT, content TEXT,
                 created_at TIMESTAMPTZ DEFAULT now());"
         # Generic plans, as the server's send connections use (`chat::send_queue`): no planning per execution.

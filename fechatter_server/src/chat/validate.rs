@@ -28,7 +28,7 @@ pub const MAX_PAGE_LIMIT: i64 = 100;
 /// Longest search query, in characters.
 pub const MAX_QUERY_CHARS: usize = 200;
 
-/// The chat name, trimmed; 1 to [`MAX_NAME_CHARS`] characters.
+/// The chat name, trimmed; 1 to [`MAX_NAME_CHARS`] characters, none of them a control character.
 pub fn chat_name(name: &str) -> Result<String, ApiError> {
     let name = name.trim();
     let chars = name.chars().count();
@@ -36,6 +36,13 @@ pub fn chat_name(name: &str) -> Result<String, ApiError> {
         return Err(ApiError::bad_request(
             "invalid_name",
             format!("name must have 1 to {MAX_NAME_CHARS} characters (has {chars})"),
+        ));
+    }
+    // As for user and workspace names: a name is shown in lists, where a line break or escape would garble them.
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_name",
+            "name must not contain control characters (line breaks, tabs, escapes)",
         ));
     }
     Ok(name.to_owned())
@@ -204,6 +211,7 @@ mod tests {
         assert_eq!(chat_name(&"é".repeat(100)).map(|n| n.chars().count()).ok(), Some(100));
         assert!(chat_name("   ").is_err());
         assert!(chat_name(&"x".repeat(101)).is_err());
+        assert!(chat_name("two\nlines").is_err() && chat_name("esc\u{1b}[31m").is_err());
     }
 
     #[test]
