@@ -531,6 +531,7 @@ fn the_send_statement_benchmark_runs_on_the_current_schema() {
         "send_off",
         "send_on_without_live",
         "send_on",
+        "send_on_in_journal",
     ] {
         let row = stdout
             .lines()
