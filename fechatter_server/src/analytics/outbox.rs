@@ -148,8 +148,10 @@ pub async fn relay_once(
 ) -> Result<Round, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(
-        "SELECT id, event_id, subject, payload FROM analytics_outbox WHERE id <> ALL($2) \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        // `NOT IN (SELECT unnest …)` and not `<> ALL($2)`: PostgreSQL hashes the subquery's ids, while it would
+        // compare each row with every parked id in turn.
+        "SELECT id, event_id, subject, payload FROM analytics_outbox \
+         WHERE id NOT IN (SELECT unnest($2::bigint[])) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(i64::try_from(batch_size).unwrap_or(i64::MAX))
     .bind(parked)
@@ -215,28 +217,33 @@ pub async fn relay_once(
     })
 }
 
-/// Rows that failed to publish, left out of the relay's rounds for a while so that they hold up no others: a
-/// row that JetStream refuses (no stream takes its subject, a permission) fails in every round, and without
+/// Rows that failed to publish, left out of the relay's rounds for [`PARK_FOR`] so that they hold up no others:
+/// a row that JetStream refuses (no stream takes its subject, a permission) fails in every round, and without
 /// this `batch_size` such rows at the head of the outbox would stop every later event.
 #[derive(Debug, Default)]
 struct Parked {
     until: HashMap<i64, Instant>,
 }
 
-/// Most rows parked at once; beyond it failed rows are simply claimed again (bounds the memory, and the size
-/// of the claim's `<> ALL` list).
+/// Most rows parked at once; beyond it failed rows are claimed again, and the relay backs off (bounds the
+/// memory, and the size of the claim's list of ids to leave out).
 const MAX_PARKED: usize = 10_000;
 
+/// How long a failed row is left out. Long against the relay's back-off, so that however many refused rows come
+/// first, the rounds reach the rows behind them before the first ones come back.
+const PARK_FOR: Duration = Duration::from_secs(30);
+
 impl Parked {
-    /// Parks `ids` for `period`, as room allows.
-    fn park(&mut self, ids: &[i64], period: Duration) {
-        let until = Instant::now() + period;
+    /// Parks `ids` for [`PARK_FOR`]; false when some found no room.
+    fn park(&mut self, ids: &[i64]) -> bool {
+        let until = Instant::now() + PARK_FOR;
         for id in ids {
             if self.until.len() >= MAX_PARKED {
-                break;
+                return false;
             }
             self.until.insert(*id, until);
         }
+        true
     }
 
     /// The ids parked now, after releasing those whose period ended.
@@ -250,7 +257,8 @@ impl Parked {
 /// Runs the relay until `shutdown` is cancelled: a round whenever a new row commits (`wake`, or a notification),
 /// every `flush_interval` otherwise, and rounds back to back while full batches keep coming. Failures (NATS or
 /// PostgreSQL down) back off up to `flush_interval`; the rows wait in the outbox. While NATS is disconnected no
-/// round runs; rows that fail while others go through are parked for `flush_interval` ([`Parked`]).
+/// round runs; rows that fail are parked for [`PARK_FOR`] ([`Parked`]) and the next round claims the rows after
+/// them at once.
 pub async fn run_relay(
     pool: PgPool,
     publisher: AnalyticsPublisher,
@@ -262,12 +270,13 @@ pub async fn run_relay(
     let mut listener = connect_listener(&pool).await;
     let mut failures = 0u32;
     let mut parked = Parked::default();
-    let mut was_connected = true;
+    // As the client is at start (it may still be connecting), so that only a change is logged.
+    let mut was_connected = publisher.is_connected();
     loop {
         let connected = publisher.is_connected();
         if connected != was_connected {
             if connected {
-                tracing::info!("NATS reconnected: the outbox relay resumes");
+                tracing::info!("NATS connected: the outbox relay resumes");
             } else {
                 tracing::warn!("NATS disconnected: analytics events wait in the outbox until it is back");
             }
@@ -278,14 +287,16 @@ pub async fn run_relay(
             loop {
                 match relay_once(&pool, &publisher, settings.batch_size, &parked.current(), &metrics).await {
                     Ok(round) => {
-                        parked.park(&round.failed, settings.flush_interval);
-                        // Nothing went through: NATS or JetStream is failing as a whole (or every row of the round
-                        // is refused, and the next round claims others); wait before the next try.
-                        if round.published == 0 && !round.failed.is_empty() {
+                        // Failed rows are set aside and the drain goes on with the rows after them. Only when they
+                        // find no room (JetStream refusing everything, for long) does the relay wait before its next
+                        // try, and claims the same rows again.
+                        if !parked.park(&round.failed) {
                             failures += 1;
                             break;
                         }
-                        failures = 0;
+                        if round.published > 0 || round.failed.is_empty() {
+                            failures = 0;
+                        }
                         if round.claimed < settings.batch_size || shutdown.is_cancelled() {
                             break;
                         }

@@ -13,8 +13,13 @@ static HASHING: Semaphore = Semaphore::const_new(MAX_CONCURRENT_HASHES);
 
 /// Runs `work` on the blocking pool, at most [`MAX_CONCURRENT_HASHES`] at once.
 async fn gated<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-    let _turn = HASHING.acquire().await?;
-    Ok(tokio::task::spawn_blocking(work).await?)
+    let turn = HASHING.acquire().await?;
+    // The turn ends with the work, not with this future: a request dropped by its client leaves the hash running.
+    Ok(tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    })
+    .await?)
 }
 
 /// Hashes `password` (PHC string with salt and parameters).
@@ -70,16 +75,20 @@ mod tests {
     async fn no_more_than_the_limit_of_hashes_run_at_once() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::time::Duration;
         let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let works = (0..3 * MAX_CONCURRENT_HASHES).map(|_| {
+        let work = |pause_ms: u64| {
             let (running, most) = (running.clone(), most.clone());
             gated(move || {
                 most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(std::time::Duration::from_millis(pause_ms));
                 running.fetch_sub(1, Ordering::SeqCst);
             })
-        });
-        for done in futures::future::join_all(works).await {
+        };
+        // Requests abandoned by their clients while hashing: their hashes go on, and so must their turns.
+        let abandoned = (0..MAX_CONCURRENT_HASHES).map(|_| tokio::time::timeout(Duration::from_millis(5), work(100)));
+        futures::future::join_all(abandoned).await;
+        for done in futures::future::join_all((0..3 * MAX_CONCURRENT_HASHES).map(|_| work(20))).await {
             done.expect("ran");
         }
         // Other tests of this process may hold turns meanwhile, so at most the limit, and more than one.

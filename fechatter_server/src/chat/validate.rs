@@ -188,12 +188,13 @@ fn has_mention(content: &str) -> bool {
 fn has_link(content: &str) -> bool {
     let bytes = content.as_bytes();
     (0..bytes.len()).any(|i| {
-        (i == 0 || !bytes[i - 1].is_ascii_alphanumeric())
-            && ["http://", "https://", "www."].iter().any(|p| {
-                bytes[i..]
-                    .get(..p.len())
-                    .is_some_and(|w| w.eq_ignore_ascii_case(p.as_bytes()))
-            })
+        ["http://", "https://", "www."].iter().any(|p| {
+            bytes[i..]
+                .get(..p.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(p.as_bytes()))
+        })
+            // `i` starts an ASCII prefix here, so it is a character boundary.
+            && !content[..i].chars().next_back().is_some_and(char::is_alphanumeric)
     })
 }
 
@@ -310,7 +311,7 @@ mod tests {
         for text in ["https://x.io", "see HTTP://X.IO", "(www.example.com)", "Www.a.b"] {
             assert!(has_link(text), "{text}");
         }
-        for text in ["nohttp://x", "awww.nothing", "http:/x", "plain words", "é"] {
+        for text in ["nohttp://x", "ñhttp://x", "awww.nothing", "http:/x", "plain words", "é"] {
             assert!(!has_link(text), "{text}");
         }
     }
