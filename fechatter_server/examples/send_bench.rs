@@ -259,9 +259,7 @@ async fn api_send_rate(
     }
     let timed = Timed::since(started, &cpu);
     all.sort();
-    let outbox_left: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
-        .fetch_one(&pool)
-        .await?;
+    let outbox_left = fechatter_server::analytics::outbox::depth(&pool).await?;
     token.cancel();
     let _ = handle.await;
     let rendered = metrics.render();
@@ -353,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, f) in [
         ("raw PostgreSQL INSERT + COMMIT (1 row)", &raw),
         ("POST message, analytics off", &off),
-        ("POST message, analytics on (outbox)", &on),
+        ("POST message, analytics on             ", &on),
     ] {
         println!(
             "| {name:<41} | {:>11.0} | {:>7.2} | {:>7.2} |",

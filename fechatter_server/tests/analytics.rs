@@ -6,6 +6,7 @@ mod common;
 use common::{TestApp, User, create_analytics_stream, sample};
 use fechatter_protos::v1::AnalyticsEvent;
 use fechatter_server::analytics::MAX_DETACHED_WRITES;
+use fechatter_server::live::journal;
 use prost::Message as _;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
@@ -161,9 +162,14 @@ async fn with_nats_down_the_server_still_stops_promptly_and_keeps_its_events() {
 async fn two_relays_at_once_publish_every_event_once() {
     let app = TestApp::start(&[("FECHATTER__ANALYTICS__BATCH_SIZE", "7")]).await;
     let alice = app.direct_user("Alice", None).await;
-    // Fill the outbox while no stream exists (nothing can be published yet).
+    // Fill the outbox, and the journal with message sends' events, while no stream exists (nothing can be
+    // published yet).
     for n in 0..60 {
         act(&app, &alice, n).await;
+    }
+    let chat = app.create_chat(&alice, "Busy", "group", &[]).await;
+    for n in 0..30 {
+        app.send_message(&alice, chat, &format!("message {n}")).await;
     }
     // A second instance on the same database: two relays compete for the rows.
     let second = fechatter_server::startup::Application::build(
@@ -176,9 +182,83 @@ async fn two_relays_at_once_publish_every_event_once() {
     let stream = create_analytics_stream(&app.nats.url()).await;
     wait_outbox_empty(&app, Duration::from_secs(30)).await;
     let mut info = stream.clone();
-    assert_eq!(info.info().await.expect("info").state.messages, 60);
+    assert_eq!(info.info().await.expect("info").state.messages, 60 + 1 + 30);
     token.cancel();
     let _ = handle.await;
+}
+
+/// Prunes the journal as the live hub does; returns the rows deleted.
+async fn prune_now(app: &TestApp, pruner: &mut journal::Pruner) -> u64 {
+    let cursor = journal::Cursor::now(&app.pool).await.expect("cursor");
+    pruner.maybe_prune(&app.pool, &cursor).await.expect("prune")
+}
+
+/// Message sends carry their events in their live-update journal rows: those rows outlive the journal's pruning
+/// until the relay has published them, and a backlog larger than a round is read in pages, each event once.
+#[tokio::test]
+async fn message_events_wait_in_the_journal_through_its_pruning_and_are_published_once_in_pages() {
+    let app = TestApp::start(&[
+        ("FECHATTER__ANALYTICS__BATCH_SIZE", "2"),
+        ("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "300"),
+    ])
+    .await;
+    let alice = app.direct_user("Alice", None).await;
+    let chat = app.create_chat(&alice, "Paged", "group", &[]).await;
+    // The sends' transaction ids cross a power of ten (999 → 1000), where their order as text differs.
+    let xid = || async {
+        sqlx::query_scalar::<_, i64>("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(&app.pool)
+            .await
+            .expect("xid")
+    };
+    let boundary = 10i64.pow(xid().await.ilog10() + 1);
+    while xid().await < boundary - 4 {}
+    for n in 0..7 {
+        app.send_message(&alice, chat, &format!("message {n}")).await;
+    }
+    let crossed: bool = sqlx::query_scalar(
+        "SELECT min(xid::text::bigint) < $1 AND max(xid::text::bigint) >= $1 FROM live_events WHERE event IS NOT NULL",
+    )
+    .bind(boundary)
+    .fetch_one(&app.pool)
+    .await
+    .expect("xids");
+    assert!(crossed, "the sends straddle {boundary}");
+    // No stream yet: nothing is published. Prune as the live hub does, with no retention.
+    let mut pruner = journal::Pruner::retaining(Duration::ZERO);
+    prune_now(&app, &mut pruner).await;
+    let pruned = prune_now(&app, &mut pruner).await;
+    assert!(pruned >= 1, "the chat's notice, which carries no event, is pruned");
+    assert_eq!(
+        app.outbox_events("fechatter.analytics.message.sent").await.len(),
+        7,
+        "the events are kept"
+    );
+
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    wait_outbox_empty(&app, Duration::from_secs(15)).await;
+    let events = stream_events(&stream).await;
+    let sent: HashSet<&str> = events
+        .iter()
+        .filter(|(_, e)| e.type_name() == Some("message_sent"))
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(sent.len(), 7, "{events:?}");
+    assert_eq!(events.len(), 1 + 7, "chat_created and each message_sent once");
+    assert_eq!(
+        sample(&app.metrics().await, "fechatter_analytics_events_published_total"),
+        8.0,
+        "and published once: JetStream's dedup would hide a second publish"
+    );
+
+    // Published now, so the next prunes take them.
+    prune_now(&app, &mut pruner).await;
+    prune_now(&app, &mut pruner).await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM live_events WHERE event IS NOT NULL")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "relayed events are pruned with their notices");
 }
 
 /// An event that cannot be published (here: no stream covers its subject) stays in the outbox and holds up no
@@ -265,6 +345,55 @@ async fn an_outbox_row_with_no_analytics_subject_is_dropped_and_holds_up_no_othe
         stored as f64
     );
     assert_eq!(sample(&metrics, "fechatter_analytics_publish_failures_total"), 0.0);
+}
+
+/// A cursor naming transactions the database has not reached (a dump restored into another cluster) would make
+/// every new event look relayed already; the relay starts over instead.
+#[tokio::test]
+async fn a_journal_cursor_from_another_cluster_is_reset_and_no_event_is_skipped() {
+    let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "300")]).await;
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    sqlx::query(
+        "UPDATE analytics_journal_cursor SET relayed = format('%s:%s:', x, x)::pg_snapshot \
+         FROM (SELECT pg_current_xact_id()::text::bigint + 1000000 AS x) AS future",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("a cursor from the future");
+    let alice = app.direct_user("Alice", None).await;
+    let chat = app.create_chat(&alice, "Restored", "group", &[]).await;
+    app.send_message(&alice, chat, "after the restore").await;
+    wait_until("the message's event published", Duration::from_secs(15), || async {
+        let kinds: Vec<String> = stream_events(&stream)
+            .await
+            .iter()
+            .map(|(_, e)| e.type_name().unwrap_or_default().to_owned())
+            .collect();
+        kinds.iter().any(|k| k == "message_sent").then_some(())
+    })
+    .await
+    .expect("the event was not skipped");
+}
+
+#[tokio::test]
+async fn a_journal_event_with_no_analytics_subject_is_passed_over_and_holds_up_no_other() {
+    let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "300")]).await;
+    let alice = app.direct_user("Alice", None).await;
+    let chat = app.create_chat(&alice, "Corrupt", "group", &[]).await;
+    app.send_message(&alice, chat, "corrupted in the database").await;
+    sqlx::query("UPDATE live_events SET event_subject = 'fechatter.nothing' WHERE event IS NOT NULL")
+        .execute(&app.pool)
+        .await
+        .expect("corrupt");
+    app.send_message(&alice, chat, "fine").await;
+    let stream = create_analytics_stream(&app.nats.url()).await;
+    wait_outbox_empty(&app, Duration::from_secs(15)).await;
+    let kinds: Vec<String> = stream_events(&stream)
+        .await
+        .iter()
+        .map(|(_, e)| e.type_name().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds, ["chat_created", "message_sent"]);
 }
 
 #[tokio::test]

@@ -46,13 +46,13 @@ async fn count(app: &TestApp, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&app.pool).await.expect(sql)
 }
 
-/// How many messages, `message_sent` outbox rows and `message_created` live-update notices there are.
+/// How many messages, `message_sent` events and `message_created` live-update notices there are.
 async fn written(app: &TestApp) -> (i64, i64, i64) {
     (
         count(app, "SELECT count(*) FROM messages").await,
         count(
             app,
-            "SELECT count(*) FROM analytics_outbox WHERE subject = 'fechatter.analytics.message.sent'",
+            "SELECT count(*) FROM live_events WHERE event_subject = 'fechatter.analytics.message.sent'",
         )
         .await,
         count(

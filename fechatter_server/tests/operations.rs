@@ -529,9 +529,8 @@ fn the_send_statement_benchmark_runs_on_the_current_schema() {
         "message_insert",
         "send_off_without_live",
         "send_off",
-        "send_on_without_live",
         "send_on",
-        "send_on_in_journal",
+        "send_on_outbox_row",
     ] {
         let row = stdout
             .lines()

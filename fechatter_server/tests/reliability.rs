@@ -122,10 +122,7 @@ fn sample_outbox_depth(pool: sqlx::PgPool, stop: CancellationToken) -> JoinHandl
     tokio::spawn(async move {
         let mut samples = Vec::new();
         while !stop.is_cancelled() {
-            if let Ok(depth) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM analytics_outbox")
-                .fetch_one(&pool)
-                .await
-            {
+            if let Ok(depth) = fechatter_server::analytics::outbox::depth(&pool).await {
                 samples.push((Instant::now(), depth));
             }
             tokio::select! {

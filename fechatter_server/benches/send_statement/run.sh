@@ -34,8 +34,9 @@ esac
 as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
 psql=(psql -qX -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
 
-# The send statement's variants, put together from parts/: name, with the outbox row, with the live-update
-# journal row (1), or with one journal row carrying the event too (2: a design probe, see docs/benchmarks.md).
+# The send statement's variants, put together from parts/: name, with a row of its own in the outbox for the event
+# (the design before 2026-11-30, for comparison), with the live-update journal row (1) or with the journal row
+# carrying the event too (2: the server's statement with analytics on).
 statement() {
     local name=$1 event=$2 live=$3 columns="EXISTS (SELECT 1 FROM member) AS is_member"
     {
@@ -59,10 +60,9 @@ statement() {
 cp "$here/raw.sql" "$here/message_insert.sql" "$dir/"
 statement send_off_without_live 0 0
 statement send_off 0 1
-statement send_on_without_live 1 0
-statement send_on 1 1
-statement send_on_in_journal 0 2
-variants=(raw message_insert send_off_without_live send_off send_on_without_live send_on send_on_in_journal)
+statement send_on 0 2
+statement send_on_outbox_row 1 1
+variants=(raw message_insert send_off_without_live send_off send_on send_on_outbox_row)
 declare -A tps
 for round in $(seq 1 "$rounds"); do
     order=("${variants[@]}")
@@ -80,7 +80,6 @@ for round in $(seq 1 "$rounds"); do
                 SELECT 1, 'user ' || g, 'user' || g || '@bench.local', 'x' FROM generate_series(1, 16) g;
             INSERT INTO chats (workspace_id, name, chat_type, owner_id) VALUES (1, 'bench', 'group', 1);
             INSERT INTO chat_members (chat_id, user_id) SELECT 1, id FROM users;
-            ALTER TABLE live_events ADD COLUMN event BYTEA;
             CREATE TABLE raw_bench (id BIGSERIAL PRIMARY KEY, chat_id BIGINT, sender_id BIGINT, content TEXT,
                 created_at TIMESTAMPTZ DEFAULT now());"
         # Generic plans, as the server's send connections use (`chat::send_queue`): no planning per execution.

@@ -1,9 +1,11 @@
 //! Analytics events of the chat API. [`event`] builds them with a full context, [`Analytics::record`] writes
-//! them to the transactional outbox in the caller's transaction ([`outbox`]), and the relay publishes them to
-//! JetStream through [`publisher`], acknowledged and deduplicated by `event_id`.
+//! them to the transactional outbox in the caller's transaction ([`outbox`]; a message send writes its event in
+//! its live-update journal row, [`journal_relay`]), and the relay publishes them to JetStream through
+//! [`publisher`], acknowledged and deduplicated by `event_id`.
 
 pub mod client;
 pub mod event;
+pub mod journal_relay;
 pub mod outbox;
 pub mod publisher;
 

@@ -1,5 +1,7 @@
 //! The transactional outbox: an analytics event is written to `analytics_outbox` in the same transaction as the
-//! change it describes, so an event exists exactly when its change committed, whatever NATS is doing.
+//! change it describes, so an event exists exactly when its change committed, whatever NATS is doing. (A message
+//! send writes its event in its live-update journal row instead; the relay below reads those too, through
+//! [`super::journal_relay`].)
 //!
 //! The relay publishes outbox rows in batches and deletes only the rows JetStream acknowledged. Rows are
 //! claimed with `FOR UPDATE SKIP LOCKED`, so several server instances relay side by side without publishing a
@@ -7,14 +9,15 @@
 //! `Nats-Msg-Id = event_id` makes JetStream drop the copy, and ClickHouse collapses any later one.
 //!
 //! The relay wakes as soon as a new row is visible instead of waiting for `flush_interval_ms`, in two ways:
-//! - a message send (most of the rows) commits its row in one statement and then wakes the relay of its own
-//!   process in memory ([`super::Analytics::written`]). Not through PostgreSQL: `NOTIFY` serializes the commits
+//! - a message send (most of the events) commits its journal row in one statement and then wakes the relay of its
+//!   own process in memory ([`super::Analytics::written`]). Not through PostgreSQL: `NOTIFY` serializes the commits
 //!   of every notifying transaction on one lock, disk flush included (see `crate::live::journal`);
 //! - `enqueue` (sign-ups, sign-ins, chat changes: rare) runs `pg_notify('analytics_outbox')`, which PostgreSQL
 //!   delivers only on commit, to the relays of every instance.
 //!
 //! Rows whose instance stopped before relaying them are picked up by any relay within `flush_interval_ms`.
 
+use super::journal_relay;
 use super::publisher::{AnalyticsPublisher, Encoded, PublishError, subject_suffix};
 use crate::metrics::Metrics;
 use fechatter_protos::type_name_from_subject;
@@ -99,11 +102,13 @@ pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<
     Ok(())
 }
 
-/// Rows waiting in the outbox.
+/// Events waiting to be published: the outbox's rows, and the message sends' events in the journal that the
+/// relay has not passed ([`super::journal_relay`]).
 pub async fn depth(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
         .fetch_one(pool)
-        .await
+        .await?;
+    Ok(rows + super::journal_relay::depth(pool).await?)
 }
 
 /// Settings of the relay.
@@ -204,10 +209,12 @@ pub async fn relay_once(
         tracing::warn!(failed = failed.len(), error = %error, "analytics events not published; kept in the outbox");
     }
     let published = results.iter().filter(|r| r.is_ok()).count();
-    sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")
-        .bind(&done)
-        .execute(&mut *tx)
-        .await?;
+    if !done.is_empty() {
+        sqlx::query("DELETE FROM analytics_outbox WHERE id = ANY($1)")
+            .bind(&done)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     metrics.events_published.inc_by(published as u64);
     Ok(Round {
@@ -217,7 +224,7 @@ pub async fn relay_once(
     })
 }
 
-/// Rows that failed to publish, left out of the relay's rounds for [`PARK_FOR`] so that they hold up no others:
+/// Rows that failed to publish, left out of the relay's rounds for a while so that they hold up no others:
 /// a row that JetStream refuses (no stream takes its subject, a permission) fails in every round, and without
 /// this `batch_size` such rows at the head of the outbox would stop every later event.
 #[derive(Debug, Default)]
@@ -229,14 +236,16 @@ struct Parked {
 /// memory, and the size of the claim's list of ids to leave out).
 const MAX_PARKED: usize = 10_000;
 
-/// How long a failed row is left out. Long against the relay's back-off, so that however many refused rows come
-/// first, the rounds reach the rows behind them before the first ones come back.
-const PARK_FOR: Duration = Duration::from_secs(30);
+/// Shortest time a failed row is left out (it is `flush_interval` otherwise): a drain, which goes on past the
+/// rows it parks without waiting, must reach the rows behind them before the first ones come back.
+const MIN_PARK: Duration = Duration::from_secs(1);
 
 impl Parked {
-    /// Parks `ids` for [`PARK_FOR`]; false when some found no room.
-    fn park(&mut self, ids: &[i64]) -> bool {
-        let until = Instant::now() + PARK_FOR;
+    /// Parks `ids` for `period` (at least [`MIN_PARK`]); false when some found no room. The period is the
+    /// relay's `flush_interval`: when JetStream refused every row because it was failing as a whole (no stream
+    /// yet), they are tried again as soon as the relay's timer would have tried them anyway.
+    fn park(&mut self, ids: &[i64], period: Duration) -> bool {
+        let until = Instant::now() + period.max(MIN_PARK);
         for id in ids {
             if self.until.len() >= MAX_PARKED {
                 return false;
@@ -257,8 +266,8 @@ impl Parked {
 /// Runs the relay until `shutdown` is cancelled: a round whenever a new row commits (`wake`, or a notification),
 /// every `flush_interval` otherwise, and rounds back to back while full batches keep coming. Failures (NATS or
 /// PostgreSQL down) back off up to `flush_interval`; the rows wait in the outbox. While NATS is disconnected no
-/// round runs; rows that fail are parked for [`PARK_FOR`] ([`Parked`]) and the next round claims the rows after
-/// them at once.
+/// round runs; rows that fail are parked for `flush_interval` ([`Parked`]) and the next round claims the rows
+/// after them at once.
 pub async fn run_relay(
     pool: PgPool,
     publisher: AnalyticsPublisher,
@@ -283,29 +292,43 @@ pub async fn run_relay(
             was_connected = connected;
         }
         if connected {
-            // Drain: full batches mean more rows are waiting.
+            // Drain both sources; full batches mean more rows are waiting.
             loop {
-                match relay_once(&pool, &publisher, settings.batch_size, &parked.current(), &metrics).await {
+                let outbox = relay_once(&pool, &publisher, settings.batch_size, &parked.current(), &metrics).await;
+                let journal = journal_relay::relay_once(&pool, &publisher, settings.batch_size, &metrics).await;
+                let mut failed = false;
+                let mut more = false;
+                match outbox {
+                    // Failed rows are set aside and the drain goes on with the rows after them. Only when they
+                    // find no room (JetStream refusing everything, for long) does the relay wait before its next
+                    // try, and claims the same rows again.
                     Ok(round) => {
-                        // Failed rows are set aside and the drain goes on with the rows after them. Only when they
-                        // find no room (JetStream refusing everything, for long) does the relay wait before its next
-                        // try, and claims the same rows again.
-                        if !parked.park(&round.failed) {
-                            failures += 1;
-                            break;
-                        }
-                        if round.published > 0 || round.failed.is_empty() {
-                            failures = 0;
-                        }
-                        if round.claimed < settings.batch_size || shutdown.is_cancelled() {
-                            break;
-                        }
+                        failed |= !parked.park(&round.failed, settings.flush_interval);
+                        more |= round.claimed >= settings.batch_size;
                     }
                     Err(err) => {
-                        failures += 1;
+                        failed = true;
                         tracing::warn!(error = %crate::error_chain(&err), "outbox relay round failed");
-                        break;
                     }
+                }
+                match journal {
+                    // The journal's events all go to one subject: a failure is JetStream's, not an event's.
+                    Ok(round) => {
+                        failed |= round.published < round.claimed;
+                        more |= round.claimed >= settings.batch_size;
+                    }
+                    Err(err) => {
+                        failed = true;
+                        tracing::warn!(error = %crate::error_chain(&err), "journal relay round failed");
+                    }
+                }
+                if failed {
+                    failures += 1;
+                    break;
+                }
+                failures = 0;
+                if !more || shutdown.is_cancelled() {
+                    break;
                 }
             }
         } else {

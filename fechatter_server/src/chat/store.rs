@@ -253,7 +253,8 @@ pub enum Sent {
     Created {
         /// The stored message.
         message: Message,
-        /// Whether the analytics event was written to the outbox.
+        /// Whether the analytics event was written (with the message's live-update notice, see
+        /// `analytics::journal_relay`).
         event_written: bool,
     },
     /// A message with the same idempotency key from the same sender in the same chat exists already: nothing
@@ -267,9 +268,10 @@ pub enum Sent {
 /// Sends `messages` in one statement, so one round trip and, run on its own, one atomic transaction (the
 /// send queue, `chat::send_queue`, hands it the sends that arrive together). For each message it checks that
 /// the sender is a member of the chat in their workspace, stores the message (nothing on an idempotency-key
-/// conflict), and only when it was stored writes its event to the outbox (when given) and its live-update
-/// notice to the journal (`live::journal`). So a message, its event and its notice exist together or not at
-/// all, once per new message. Returns what was done with each message, in order. The caller wakes the outbox
+/// conflict), and only when it was stored writes its live-update notice to the journal (`live::journal`), in
+/// a row that also carries its analytics event when given (the relay reads it there:
+/// `analytics::journal_relay`). So a message, its event and its notice exist together or not at all, once per
+/// new message. Returns what was done with each message, in order. The caller wakes the outbox
 /// relay and the live hub once the statement returned.
 ///
 /// Message ids are drawn from the sequence in the order of `messages`, before the insert, so that each answer
@@ -310,19 +312,16 @@ pub async fn send_messages(conn: &mut PgConnection, messages: &[NewMessage]) -> 
              RETURNING ",
         message_columns!(),
         "), \
-         event AS ( \
-             INSERT INTO analytics_outbox (event_id, subject, payload) \
-             SELECT input.event_id, input.subject, input.payload FROM ins JOIN input ON input.id = ins.id \
-             WHERE input.payload IS NOT NULL ORDER BY ins.id RETURNING event_id), \
          live_notice AS ( \
-             INSERT INTO live_events (notice) \
+             INSERT INTO live_events (notice, event_id, event_subject, event) \
              SELECT json_build_object('kind', $10::text, 'chat_id', ins.chat_id, 'ids', json_build_array(ins.id), \
                  'message', json_build_object('id', ins.id, 'chat_id', ins.chat_id, 'sender_id', ins.sender_id, \
                      'content', ins.content, 'files', ins.files, 'created_at', ins.created_at, \
-                     'edited_at', ins.edited_at))::text \
-             FROM ins ORDER BY ins.id RETURNING id) \
+                     'edited_at', ins.edited_at))::text, \
+                 input.event_id, input.subject, input.payload \
+             FROM ins JOIN input ON input.id = ins.id ORDER BY ins.id RETURNING id) \
          SELECT input.id IS NOT NULL AS is_member, \
-             EXISTS (SELECT 1 FROM event WHERE event.event_id = input.event_id) AS event_written, \
+             ins.id IS NOT NULL AND input.payload IS NOT NULL AS event_written, \
              ins.id, ins.chat_id, ins.sender_id, ins.content, ins.files, ins.created_at, ins.edited_at \
          FROM input LEFT JOIN ins ON ins.id = input.id \
          ORDER BY input.ord"

@@ -129,12 +129,16 @@ impl Pruner {
         if mark.read_at.elapsed() < self.retain {
             return Ok(0);
         }
-        // Several instances may prune at once: they delete the same rows, the later ones find them gone.
-        let deleted = sqlx::query("DELETE FROM live_events WHERE xid < $1::text::xid8")
-            .bind(mark.xmin())
-            .execute(pool)
-            .await?
-            .rows_affected();
+        // Several instances may prune at once: they delete the same rows, the later ones find them gone. A row
+        // carrying an analytics event stays until the analytics relay has passed it (`analytics::journal_relay`).
+        let deleted = sqlx::query(
+            "DELETE FROM live_events WHERE xid < $1::text::xid8 \
+             AND (event IS NULL OR xid < (SELECT pg_snapshot_xmin(relayed) FROM analytics_journal_cursor))",
+        )
+        .bind(mark.xmin())
+        .execute(pool)
+        .await?
+        .rows_affected();
         self.mark = Some(cursor.clone());
         Ok(deleted)
     }

@@ -351,15 +351,25 @@ impl TestApp {
         answer
     }
 
-    /// Outbox rows of `subject`, decoded.
+    /// The events of `subject` waiting to be published, decoded, oldest first: the outbox's rows, then the
+    /// events of the live-update journal that the relay has not passed (message sends carry theirs there).
     pub async fn outbox_events(&self, subject: &str) -> Vec<fechatter_protos::v1::AnalyticsEvent> {
         use prost::Message as _;
-        let rows: Vec<Vec<u8>> =
+        let mut rows: Vec<Vec<u8>> =
             sqlx::query_scalar("SELECT payload FROM analytics_outbox WHERE subject = $1 ORDER BY id")
                 .bind(subject)
                 .fetch_all(&self.pool)
                 .await
                 .expect("outbox");
+        let journal: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT event FROM live_events, analytics_journal_cursor c \
+             WHERE event_subject = $1 AND NOT pg_visible_in_snapshot(xid, c.relayed) ORDER BY xid, id",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await
+        .expect("journal");
+        rows.extend(journal);
         rows.iter()
             .map(|p| fechatter_protos::v1::AnalyticsEvent::decode(p.as_slice()).expect("decodes"))
             .collect()
@@ -371,12 +381,11 @@ impl TestApp {
         response.text().await.expect("metrics body")
     }
 
-    /// Outbox rows waiting.
+    /// Events waiting to be published (the outbox depth metric's figure).
     pub async fn outbox_depth(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM analytics_outbox")
-            .fetch_one(&self.pool)
+        fechatter_server::analytics::outbox::depth(&self.pool)
             .await
-            .expect("count")
+            .expect("depth")
     }
 }
 
