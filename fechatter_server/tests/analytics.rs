@@ -94,10 +94,10 @@ async fn new_rows_wake_the_relay_long_before_the_flush_interval() {
         .iter()
         .map(|(_, e)| e.type_name().unwrap_or_default().to_owned())
         .collect();
-    let expected = ["chat_created", "message_sent", "file_uploaded"];
-    let expected: Vec<&str> = expected[..1]
+    let expected = ["chat_created", "chat_joined", "message_sent", "file_uploaded"];
+    let expected: Vec<&str> = expected[..2]
         .iter()
-        .chain(expected[1..].iter().cycle().take(6))
+        .chain(expected[2..].iter().cycle().take(6))
         .copied()
         .collect();
     assert_eq!(kinds, expected);
@@ -182,7 +182,8 @@ async fn two_relays_at_once_publish_every_event_once() {
     let stream = create_analytics_stream(&app.nats.url()).await;
     wait_outbox_empty(&app, Duration::from_secs(30)).await;
     let mut info = stream.clone();
-    assert_eq!(info.info().await.expect("info").state.messages, 60 + 1 + 30);
+    // 60 uploads, the chat's chat_created and its owner's chat_joined, 30 sends.
+    assert_eq!(info.info().await.expect("info").state.messages, 60 + 2 + 30);
     token.cancel();
     let _ = handle.await;
 }
@@ -244,10 +245,10 @@ async fn message_events_wait_in_the_journal_through_its_pruning_and_are_publishe
         .map(|(id, _)| id.as_str())
         .collect();
     assert_eq!(sent.len(), 7, "{events:?}");
-    assert_eq!(events.len(), 1 + 7, "chat_created and each message_sent once");
+    assert_eq!(events.len(), 2 + 7, "chat_created, chat_joined and each message_sent once");
     assert_eq!(
         sample(&app.metrics().await, "fechatter_analytics_events_published_total"),
-        8.0,
+        9.0,
         "and published once: JetStream's dedup would hide a second publish"
     );
 
@@ -393,7 +394,7 @@ async fn a_journal_event_with_no_analytics_subject_is_passed_over_and_holds_up_n
         .iter()
         .map(|(_, e)| e.type_name().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(kinds, ["chat_created", "message_sent"]);
+    assert_eq!(kinds, ["chat_created", "chat_joined", "message_sent"]);
 }
 
 #[tokio::test]

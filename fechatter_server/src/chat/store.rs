@@ -158,13 +158,23 @@ pub async fn rename_chat(conn: &mut PgConnection, chat_id: i64, name: &str) -> R
     chat(conn, chat_id).await
 }
 
-/// Deletes chat `chat_id` with its members and messages.
-pub async fn delete_chat(conn: &mut PgConnection, chat_id: i64) -> Result<(), sqlx::Error> {
+/// Deletes chat `chat_id` with its members and messages; returns the ids of the members it had, ascending.
+pub async fn delete_chat(conn: &mut PgConnection, chat_id: i64) -> Result<Vec<i64>, sqlx::Error> {
+    // The chat's row is locked first: a join running meanwhile (its foreign-key check) waits, then finds no chat,
+    // so the members read here are all the deletion removes.
+    sqlx::query("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE")
+        .bind(chat_id)
+        .execute(&mut *conn)
+        .await?;
+    let members = sqlx::query_scalar("SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id")
+        .bind(chat_id)
+        .fetch_all(&mut *conn)
+        .await?;
     sqlx::query("DELETE FROM chats WHERE id = $1")
         .bind(chat_id)
         .execute(&mut *conn)
-        .await
-        .map(drop)
+        .await?;
+    Ok(members)
 }
 
 /// Makes `user_ids` members of chat `chat_id`; returns those who were not members already, ascending.

@@ -13,8 +13,8 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use fechatter_protos::v1::ChatCreatedEvent;
 use fechatter_protos::v1::analytics_event::EventType;
+use fechatter_protos::v1::{ChatCreatedEvent, ChatJoinedEvent, ChatLeftEvent};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -84,6 +84,18 @@ async fn create_chat(
         .analytics
         .record(&mut tx, kind, &client.context(user.user_id, user.workspace_id))
         .await?;
+    // Every membership starts with a `chat_joined` and ends with a `chat_left`, the initial ones too, so that
+    // joins minus leaves counts a chat's members downstream.
+    for &member in &chat.members {
+        let kind = EventType::ChatJoined(ChatJoinedEvent {
+            chat_id: chat.id.to_string(),
+            join_method: "created".into(),
+        });
+        state
+            .analytics
+            .record(&mut tx, kind, &client.context(member, user.workspace_id))
+            .await?;
+    }
     // Every member's open streams learn of the chat (and start passing its messages).
     live::notify(
         &mut tx,
@@ -184,11 +196,21 @@ async fn update_chat(
 async fn delete_chat(
     State(state): State<AppState>,
     user: AuthUser,
+    client: ClientInfo,
     ApiPath(chat_id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;
     store::access(&mut tx, chat_id, user).await?.require_owner()?;
-    store::delete_chat(&mut tx, chat_id).await?;
+    for member in store::delete_chat(&mut tx, chat_id).await? {
+        let kind = EventType::ChatLeft(ChatLeftEvent {
+            chat_id: chat_id.to_string(),
+            leave_reason: "chat_deleted".into(),
+        });
+        state
+            .analytics
+            .record(&mut tx, kind, &client.context(member, user.workspace_id))
+            .await?;
+    }
     live::notify(&mut tx, &Notice::chat(LiveKind::ChatDeleted, chat_id)).await?;
     tx.commit().await?;
     state.live.committed();
