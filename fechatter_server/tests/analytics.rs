@@ -245,7 +245,11 @@ async fn message_events_wait_in_the_journal_through_its_pruning_and_are_publishe
         .map(|(id, _)| id.as_str())
         .collect();
     assert_eq!(sent.len(), 7, "{events:?}");
-    assert_eq!(events.len(), 2 + 7, "chat_created, chat_joined and each message_sent once");
+    assert_eq!(
+        events.len(),
+        2 + 7,
+        "chat_created, chat_joined and each message_sent once"
+    );
     assert_eq!(
         sample(&app.metrics().await, "fechatter_analytics_events_published_total"),
         9.0,

@@ -28,7 +28,7 @@ use crate::chat::store;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -76,6 +76,11 @@ pub enum LiveKind {
 }
 
 impl LiveKind {
+    /// Whether it changes who is in a chat (joins, leaves, the chat's deletion).
+    pub fn is_membership(self) -> bool {
+        matches!(self, Self::MemberJoined | Self::MemberLeft | Self::ChatDeleted)
+    }
+
     /// The SSE event name, also the `kind` field of its data.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -149,6 +154,7 @@ impl Notice {
             chat_id,
             user_id,
             data: data.to_string(),
+            withheld_from: Vec::new(),
         };
         let base = serde_json::json!({ "kind": kind.as_str(), "chat_id": chat_id });
         let with = |mut value: serde_json::Value, key: &str, extra: serde_json::Value| {
@@ -196,6 +202,9 @@ pub struct LiveEvent {
     pub user_id: Option<i64>,
     /// The SSE data: JSON with `kind`, `chat_id` and `message_id` + `message`, or `user_id`.
     pub data: String,
+    /// Members who do not receive it although the chat is theirs when it comes: they leave the chat in the same
+    /// journal read (see `withheld_from_leavers`).
+    pub withheld_from: Vec<i64>,
 }
 
 /// What the hub broadcasts.
@@ -246,9 +255,43 @@ impl Membership {
             }
             LiveKind::MemberLeft if mine => self.chats.remove(&event.chat_id),
             LiveKind::ChatDeleted => self.chats.remove(&event.chat_id),
-            _ => self.chats.contains(&event.chat_id),
+            _ => self.chats.contains(&event.chat_id) && !event.withheld_from.contains(&self.user_id),
         }
     }
+}
+
+/// A notice read from the journal; `None` (logged) when it does not parse.
+fn parse(notice: &str) -> Option<Notice> {
+    serde_json::from_str(notice)
+        .inspect_err(|err| {
+            // Only this service writes the journal, so this is a bug, not an attack; say so loudly.
+            tracing::error!(error = %err, "undecodable live update notice ignored");
+        })
+        .ok()
+}
+
+/// The events of one read's notices, in read order, each chat's messages and chat changes withheld from the
+/// members who leave that chat in the same read.
+///
+/// Why: a read returns the changes of several transactions in transaction-id order, which is not always their
+/// commit order. A message committed just after a member's removal could come before the removal and reach the
+/// removed member, whom the API would refuse it. So a member removed in a read receives none of that read's
+/// messages of the chat (at worst missing one committed just before the removal, within the same few
+/// milliseconds), while everyone else receives everything in read order.
+fn withheld_from_leavers(notices: Vec<Notice>) -> Vec<LiveEvent> {
+    let mut leaving: HashMap<i64, Vec<i64>> = HashMap::new();
+    for notice in notices.iter().filter(|n| n.kind == LiveKind::MemberLeft) {
+        leaving.entry(notice.chat_id).or_default().extend(&notice.ids);
+    }
+    let mut events: Vec<LiveEvent> = notices.into_iter().flat_map(Notice::into_events).collect();
+    for event in &mut events {
+        if !event.kind.is_membership()
+            && let Some(leavers) = leaving.get(&event.chat_id)
+        {
+            event.withheld_from.clone_from(leavers);
+        }
+    }
+    events
 }
 
 /// Fans committed chat changes out to the connected clients of this instance.
@@ -412,10 +455,14 @@ impl LiveHub {
         };
         let read = match journal::read(pool, cursor, MAX_NOTICES_PER_READ).await? {
             journal::Read::Notices(notices) => {
-                for notice in &notices {
-                    self.dispatch(notice);
+                let read = notices.len();
+                if self.inner.events.receiver_count() > 0 {
+                    for event in withheld_from_leavers(notices.iter().filter_map(|n| parse(n)).collect()) {
+                        // Err means nobody is subscribed any more: nothing to do.
+                        let _ = self.inner.events.send(Broadcast::Event(Arc::new(event)));
+                    }
                 }
-                notices.len()
+                read
             }
             journal::Read::Overflow => {
                 tracing::warn!(
@@ -433,25 +480,6 @@ impl LiveHub {
             Err(err) => tracing::warn!(error = %crate::error_chain(&err), "live updates journal not pruned"),
         }
         Ok(read)
-    }
-
-    /// Parses a notice and broadcasts its events.
-    fn dispatch(&self, notice: &str) {
-        if self.inner.events.receiver_count() == 0 {
-            return;
-        }
-        let notice: Notice = match serde_json::from_str(notice) {
-            Ok(notice) => notice,
-            Err(err) => {
-                // Only this service writes the journal, so this is a bug, not an attack; say so loudly.
-                tracing::error!(error = %err, "undecodable live update notice ignored");
-                return;
-            }
-        };
-        for event in notice.into_events() {
-            // Err means nobody is subscribed any more: nothing to do.
-            let _ = self.inner.events.send(Broadcast::Event(Arc::new(event)));
-        }
     }
 
     /// Tells the other instances' hubs to read now rather than at their next [`POLL_INTERVAL`].
@@ -617,6 +645,30 @@ mod tests {
     }
 
     #[test]
+    fn a_member_removed_in_a_read_receives_none_of_its_messages_and_the_others_all_in_order() {
+        // Read in transaction-id order: the message's transaction started first, but committed after the removal.
+        let read = [
+            Notice::message(LiveKind::MessageCreated, &message(5, 2, "after the removal")),
+            Notice::members(LiveKind::MemberLeft, 2, &[1]),
+            Notice::message(LiveKind::MessageUpdated, &message(4, 3, "elsewhere")),
+        ];
+        let events = withheld_from_leavers(read.iter().map(through_journal).collect());
+        let admitted = |mut member: Membership| -> Vec<LiveKind> {
+            events.iter().filter(|e| member.admit(e)).map(|e| e.kind).collect()
+        };
+        assert_eq!(
+            admitted(Membership::new(1, [2, 3])),
+            [LiveKind::MemberLeft, LiveKind::MessageUpdated],
+            "the leave itself, and another chat's change"
+        );
+        assert_eq!(
+            admitted(Membership::new(8, [2])),
+            [LiveKind::MessageCreated, LiveKind::MemberLeft],
+            "a bystander receives all, in read order"
+        );
+    }
+
+    #[test]
     fn a_message_travels_whole_inside_its_notice() {
         let m = message(5, 2, &"€".repeat(4000));
         let notice = through_journal(&Notice::message(LiveKind::MessageCreated, &m));
@@ -666,6 +718,7 @@ mod tests {
             chat_id,
             user_id,
             data: String::new(),
+            withheld_from: Vec::new(),
         }
     }
 
