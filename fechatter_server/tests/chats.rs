@@ -268,6 +268,20 @@ async fn only_the_owner_may_rename_or_delete_a_chat() {
         "{body}"
     );
 
+    // A chat's type never changes: a rename that asks for it is refused, not half done.
+    let (status, body) = app
+        .patch(&path, &ada, json!({ "name": "x", "chat_type": "public_channel" }))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().expect("message").contains("chat_type"),
+        "{body}"
+    );
+
     let (status, renamed) = app.patch(&path, &ada, json!({ "name": "Renamed" })).await;
     assert_eq!(status, StatusCode::OK, "{renamed}");
     assert_eq!(renamed["name"], "Renamed");

@@ -57,6 +57,7 @@ fn warm_decoy_hash() {
 
 /// A sign-up. Not `Debug`: it holds a password.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SignupRequest {
     /// Display name, 1 to 100 characters.
     pub fullname: String,
@@ -75,6 +76,7 @@ pub struct SignupRequest {
 
 /// A sign-in. Not `Debug`: it holds a password.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SigninRequest {
     /// E-mail address (any case).
     pub email: String,
@@ -84,6 +86,7 @@ pub struct SigninRequest {
 
 /// A refresh token presented to `/api/refresh` or `/api/logout`. Not `Debug`: it is a credential.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token from the last token answer.
     pub refresh_token: String,

@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A new chat.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateChat {
     /// Display name, 1 to 100 characters (trimmed).
     #[schema(min_length = 1, max_length = 100)]
@@ -42,6 +43,7 @@ pub struct CreateChat {
 
 /// A chat's new name.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateChat {
     /// Display name, 1 to 100 characters (trimmed).
     #[schema(min_length = 1, max_length = 100)]

@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Users to add.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddMembers {
     /// Users of the caller's workspace (the owner), or just the caller (joining a public channel); 1 to 500.
     pub user_ids: Vec<i64>,

@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// A new message.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// Text, up to 4000 characters; may be empty when files are attached.
     #[serde(default)]
@@ -52,6 +53,7 @@ pub struct SendMessage {
 
 /// A message's new text.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EditMessage {
     /// Text, up to 4000 characters; may be empty when the message has files.
     #[schema(max_length = 4000)]
