@@ -17,15 +17,11 @@
 //! is not below `relayed`'s oldest running transaction (`pg_snapshot_xmin`), so an event waits in the journal
 //! for as long as NATS is away, as the outbox's rows do.
 
-use super::outbox::Round;
+use super::outbox::{Round, publish_round};
 use super::publisher::{AnalyticsPublisher, Encoded, PublishError};
 use crate::metrics::Metrics;
 use fechatter_protos::type_name_from_subject;
 use sqlx::{PgPool, Row as _};
-use std::time::Duration;
-
-/// Longest a round publishes (as the outbox's rounds): past it, the rows not acknowledged are read again later.
-const ROUND_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Publishes up to `batch_size` of the journal's events after the cursor and moves the cursor past the first
 /// rows JetStream acknowledged (up to the first failure), in one transaction. Claims nothing while another
@@ -121,18 +117,15 @@ pub async fn relay_once(
         }
         keys.push(key);
     }
-    let sent = events.len();
-    let mut outcomes = match tokio::time::timeout(ROUND_DEADLINE, publisher.publish_encoded(events)).await {
-        Ok(results) => results.into_iter().map(|r| r.map(|_| ())).collect(),
-        Err(_) => (0..sent)
-            .map(|_| Err(PublishError::Ack("the relay round's deadline passed".into())))
-            .collect::<Vec<_>>(),
-    };
+    let mut results: Vec<Result<(), PublishError>> = publish_round(publisher, events)
+        .await
+        .into_iter()
+        .map(|r| r.map(drop))
+        .collect();
     // Back in the rows' order, the passed-over rows counting as done.
     for &position in &corrupted {
-        outcomes.insert(position, Ok(()));
+        results.insert(position, Ok(()));
     }
-    let results = outcomes;
     // The cursor moves past the acknowledged rows before the first failure; the rows after it, acknowledged or
     // not, are read and published again (their copies are dropped by JetStream's deduplication).
     let published = results.iter().take_while(|r| r.is_ok()).count();

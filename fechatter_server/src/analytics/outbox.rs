@@ -18,7 +18,7 @@
 //! Rows whose instance stopped before relaying them are picked up by any relay within `flush_interval_ms`.
 
 use super::journal_relay;
-use super::publisher::{AnalyticsPublisher, Encoded, PublishError, subject_suffix};
+use super::publisher::{AnalyticsPublisher, Encoded, PublishError, PublishOutcome, subject_suffix};
 use crate::metrics::Metrics;
 use fechatter_protos::type_name_from_subject;
 use fechatter_protos::v1::AnalyticsEvent;
@@ -137,10 +137,26 @@ pub struct Round {
     pub failed: Vec<i64>,
 }
 
-/// Longest a round publishes: past it, the rows not acknowledged yet stay in the outbox for a later round. A
-/// round's transaction is open while it publishes, and an open transaction holds back PostgreSQL's cleanup
-/// (vacuum, and the pruning of the live-update journal), so it must not last for the length of an outage.
+/// Longest a round publishes: past it, the events not acknowledged yet wait for a later round. A round's
+/// transaction is open while it publishes, and an open transaction holds back PostgreSQL's cleanup (vacuum, and
+/// the pruning of the live-update journal), so it must not last for the length of an outage.
 const ROUND_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Publishes one relay round's `events` (the outbox's or the journal's, [`super::journal_relay`]) within
+/// [`ROUND_DEADLINE`]; one result per event, in order, all failed when the deadline passed. Messages sent but
+/// not acknowledged by then may be stored; their next publish is a duplicate JetStream drops.
+pub(super) async fn publish_round(
+    publisher: &AnalyticsPublisher,
+    events: Vec<Encoded>,
+) -> Vec<Result<PublishOutcome, PublishError>> {
+    let sent = events.len();
+    match tokio::time::timeout(ROUND_DEADLINE, publisher.publish_encoded(events)).await {
+        Ok(results) => results,
+        Err(_) => (0..sent)
+            .map(|_| Err(PublishError::Ack("the relay round's deadline passed".into())))
+            .collect(),
+    }
+}
 
 /// Publishes up to `batch_size` outbox rows, except those of `parked`, and deletes those JetStream
 /// acknowledged, in one transaction.
@@ -185,13 +201,7 @@ pub async fn relay_once(
             payload: row.try_get::<Vec<u8>, _>("payload")?.into(),
         });
     }
-    let results = match tokio::time::timeout(ROUND_DEADLINE, publisher.publish_encoded(events)).await {
-        Ok(results) => results,
-        // Messages sent but not acknowledged may be stored; their next publish is a duplicate JetStream drops.
-        Err(_) => (0..ids.len())
-            .map(|_| Err(PublishError::Ack("the relay round's deadline passed".into())))
-            .collect(),
-    };
+    let results = publish_round(publisher, events).await;
     // One line per round, not per row: while NATS is down every row of every round fails the same way.
     let mut failed = Vec::new();
     let mut first_error = None;
