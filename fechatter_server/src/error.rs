@@ -29,9 +29,9 @@ pub enum ApiError {
     /// 415: the body is not of the type the route takes; the message names the type expected.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// 429: slow down.
-    #[error("too many requests; retry later")]
-    TooManyRequests,
+    /// 429: slow down; the message says what limit was reached.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 500: logged, never shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -53,7 +53,7 @@ impl ApiError {
             Self::Conflict(..) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,7 +67,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_content_type",
-            Self::TooManyRequests => "rate_limited",
+            Self::TooManyRequests(_) => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }

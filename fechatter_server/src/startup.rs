@@ -53,6 +53,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let pool = connect_database(&settings).await?;
         let keys = JwtKeys::load(&settings.auth)?;
+        crate::http::remove_stale_uploads(&settings.files.dir).await;
         let enabled = settings.features.messaging.enabled;
         let (nats, publisher) = if enabled {
             // The API must serve while NATS is down: connect in the background and keep retrying; events

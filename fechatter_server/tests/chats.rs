@@ -486,6 +486,103 @@ async fn joining_a_chat_while_it_is_being_deleted_answers_404() {
     assert!(later_joins(&app).await.is_empty());
 }
 
+/// Waits until `n` statements of the test database wait for a lock.
+async fn lock_waiters(app: &TestApp, n: i64) {
+    test_support::wait_until(
+        "statements waiting for a lock",
+        std::time::Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .expect("activity");
+            (waiting >= n).then_some(())
+        },
+    )
+    .await
+    .expect("the requests reached their locks");
+}
+
+#[tokio::test]
+async fn a_member_leaving_while_the_chat_is_deleted_leaves_once() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", "group", &[&bob]).await;
+    // Bob's leave is held after its access check (at the removal of his row) while the deletion starts: the
+    // deletion must wait for the leave instead of reading Bob as a member and recording his leaving too.
+    let mut hold = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM chat_members WHERE chat_id = $1 AND user_id = $2 FOR UPDATE")
+        .bind(chat)
+        .bind(bob.id)
+        .execute(&mut *hold)
+        .await
+        .expect("hold Bob's row");
+    let leaving = format!("/api/chats/{chat}/members/{}", bob.id);
+    let (leave, delete, ()) = tokio::join!(
+        app.delete(&leaving, &bob),
+        async {
+            lock_waiters(&app, 1).await;
+            app.delete(&format!("/api/chats/{chat}"), &ada).await
+        },
+        async {
+            lock_waiters(&app, 2).await;
+            hold.commit().await.expect("release");
+        }
+    );
+
+    assert_eq!(leave.0, StatusCode::NO_CONTENT, "{}", leave.1);
+    assert_eq!(delete.0, StatusCode::NO_CONTENT, "{}", delete.1);
+    let changes = membership_changes(&outbox(&app, "chat.left").await);
+    assert_eq!(
+        changes,
+        vec![
+            (ada.id.to_string(), "chat_deleted".into()),
+            (bob.id.to_string(), "left".into())
+        ],
+        "each membership ends once"
+    );
+}
+
+#[tokio::test]
+async fn of_two_deletions_of_a_chat_one_deletes_it_and_the_other_answers_404() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", Some(ada.workspace_id)).await;
+    let chat = create(&app, &ada, "Team", "group", &[&bob]).await;
+    // Both deletions pass their access check, then wait for the chat's row.
+    let mut hold = app.pool.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM chats WHERE id = $1 FOR KEY SHARE")
+        .bind(chat)
+        .execute(&mut *hold)
+        .await
+        .expect("hold the chat");
+    let path = format!("/api/chats/{chat}");
+    let (first, second, ()) = tokio::join!(app.delete(&path, &ada), app.delete(&path, &ada), async {
+        lock_waiters(&app, 2).await;
+        hold.commit().await.expect("release");
+    });
+
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::NO_CONTENT, StatusCode::NOT_FOUND],
+        "{first:?} {second:?}"
+    );
+    let changes = membership_changes(&outbox(&app, "chat.left").await);
+    assert_eq!(
+        changes,
+        vec![
+            (ada.id.to_string(), "chat_deleted".into()),
+            (bob.id.to_string(), "chat_deleted".into())
+        ],
+        "each member leaves once"
+    );
+}
+
 #[tokio::test]
 async fn the_owner_adds_and_removes_members_and_each_change_is_recorded_for_the_member_concerned() {
     let app = TestApp::start(&[]).await;

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use common::{TestApp, User};
 use fechatter_server::auth::JwtKeys;
 use fechatter_server::config::Settings;
-use fechatter_server::live::{BUFFER_EVENTS, Delivery, LiveHub, LiveKind, POLL_INTERVAL, Subscription, journal};
+use fechatter_server::live::{
+    BUFFER_EVENTS, Delivery, LiveHub, LiveKind, MAX_STREAMS_PER_USER, POLL_INTERVAL, Subscription, journal,
+};
 use fechatter_server::startup::Application;
 use futures::{Stream, StreamExt as _};
 use reqwest::StatusCode;
@@ -350,6 +352,44 @@ async fn shutting_down_ends_open_event_streams_so_the_server_stops_promptly() {
     );
     let end = tokio::time::timeout(EVENT_TIMEOUT, stream.next_data()).await;
     assert!(matches!(end, Ok(None)), "the stream ended: {end:?}");
+}
+
+#[tokio::test]
+async fn one_user_cannot_take_every_stream_slot() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let bob = app.direct_user("Bob", None).await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_USER {
+        open.push(Events::connect(&base(app.port), &ada).await);
+    }
+
+    let (status, body) = app.get("/api/events", &ada).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("for this user")),
+        "{body}"
+    );
+    // Another user still connects, and a closed stream gives its slot back.
+    let _bob = Events::connect(&base(app.port), &bob).await;
+    drop(open.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/events", base(app.port)))
+            .bearer_auth(&ada.access_token)
+            .send()
+            .await
+            .expect("connect");
+        if response.status() == StatusCode::OK {
+            again = Some(response);
+            break;
+        }
+        // The server notices the closed connection a moment later.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "a closed stream's slot came back");
 }
 
 #[tokio::test]

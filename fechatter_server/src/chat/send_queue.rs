@@ -129,6 +129,14 @@ pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Res
     let err = match send_all(pool, &messages).await {
         Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
         Err(err) if messages.len() == 1 && !is_foreign_key_violation(&err) => return vec![Err(err)],
+        Err(err) if !wrote_nothing(&err) => {
+            // Each send fails (500); a client retrying with its idempotency key gets its message either way.
+            let why = format!("batched send statement failed, and may have committed: {err}");
+            return messages
+                .iter()
+                .map(|_| Err(sqlx::Error::Protocol(why.clone())))
+                .collect();
+        }
         Err(err) => err,
     };
     tracing::debug!(error = %err, sends = messages.len(), "batched send failed; sending one by one");
@@ -137,6 +145,18 @@ pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Res
         outcomes.push(write_alone(pool, message).await);
     }
     outcomes
+}
+
+/// Whether `err` proves that the statement wrote nothing, so that its sends may be written again: PostgreSQL
+/// refused it (a statement run alone is its own transaction, rolled back on error), or it never reached
+/// PostgreSQL. Any other failure (the connection lost mid-statement, an answer that cannot be read) may have come
+/// after its commit, and writing again would store a second copy of every message sent without an idempotency
+/// key.
+fn wrote_nothing(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+    )
 }
 
 /// Writes one send in a statement of its own. A send whose chat was deleted after its membership check fails
@@ -156,4 +176,21 @@ async fn write_alone(pool: &PgPool, message: &NewMessage) -> Result<Sent, sqlx::
 async fn send_all(pool: &PgPool, messages: &[NewMessage]) -> Result<Vec<Sent>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
     store::send_messages(&mut conn, messages).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_prove_nothing_was_written_let_sends_be_written_again() {
+        assert!(wrote_nothing(&sqlx::Error::PoolTimedOut));
+        assert!(wrote_nothing(&sqlx::Error::PoolClosed));
+        let lost = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(
+            !wrote_nothing(&lost),
+            "a connection lost mid-statement may follow its commit"
+        );
+        assert!(!wrote_nothing(&sqlx::Error::Protocol("unreadable answer".into())));
+    }
 }

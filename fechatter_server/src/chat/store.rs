@@ -158,14 +158,19 @@ pub async fn rename_chat(conn: &mut PgConnection, chat_id: i64, name: &str) -> R
     chat(conn, chat_id).await
 }
 
-/// Deletes chat `chat_id` with its members and messages; returns the ids of the members it had, ascending.
-pub async fn delete_chat(conn: &mut PgConnection, chat_id: i64) -> Result<Vec<i64>, sqlx::Error> {
+/// Deletes chat `chat_id` with its members and messages; returns the ids of the members it had, ascending, or
+/// `None` when the chat was gone (deleted meanwhile).
+pub async fn delete_chat(conn: &mut PgConnection, chat_id: i64) -> Result<Option<Vec<i64>>, sqlx::Error> {
     // The chat's row is locked first: a join running meanwhile (its foreign-key check) waits, then finds no chat,
-    // so the members read here are all the deletion removes.
-    sqlx::query("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE")
+    // so the members read here are all the deletion removes. A second deletion waits here, then finds no row:
+    // it must answer 404, not delete the chat (and its members' leaving) a second time.
+    let found = sqlx::query("SELECT 1 FROM chats WHERE id = $1 FOR UPDATE")
         .bind(chat_id)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
+    if found.is_none() {
+        return Ok(None);
+    }
     let members = sqlx::query_scalar("SELECT user_id FROM chat_members WHERE chat_id = $1 ORDER BY user_id")
         .bind(chat_id)
         .fetch_all(&mut *conn)
@@ -174,7 +179,7 @@ pub async fn delete_chat(conn: &mut PgConnection, chat_id: i64) -> Result<Vec<i6
         .bind(chat_id)
         .execute(&mut *conn)
         .await?;
-    Ok(members)
+    Ok(Some(members))
 }
 
 /// Makes `user_ids` members of chat `chat_id`; returns those who were not members already, ascending.

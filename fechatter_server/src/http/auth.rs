@@ -293,7 +293,9 @@ fn check_rate(state: &AppState, client: &ClientInfo) -> Result<(), ApiError> {
     if state.auth_limiter.check(client.ip) {
         Ok(())
     } else {
-        Err(ApiError::TooManyRequests)
+        Err(ApiError::TooManyRequests(
+            "too many sign-up and sign-in attempts from this address; retry later".into(),
+        ))
     }
 }
 

@@ -203,7 +203,8 @@ async fn delete_chat(
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;
     store::access(&mut tx, chat_id, user).await?.require_owner()?;
-    for member in store::delete_chat(&mut tx, chat_id).await? {
+    let members = store::delete_chat(&mut tx, chat_id).await?;
+    for member in members.ok_or(ApiError::NotFound("chat"))? {
         let kind = EventType::ChatLeft(ChatLeftEvent {
             chat_id: chat_id.to_string(),
             leave_reason: "chat_deleted".into(),

@@ -41,7 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
             `chat_updated`, `chat_deleted`) and `resync` when some may have been missed",
             content_type = "text/event-stream", body = String),
         (status = 401, description = "Missing or invalid access token"),
-        (status = 429, description = "Too many open streams on this server"),
+        (status = 429, description = "Too many open streams on this server, or of this user (16)"),
     ),
     security(("bearer" = []))
 )]
@@ -53,7 +53,7 @@ async fn events(
     let subscription = state
         .live
         .subscribe(state.pool.clone(), user.user_id)
-        .ok_or(ApiError::TooManyRequests)?;
+        .map_err(|refused| ApiError::TooManyRequests(refused.to_string()))?;
     let token_left = token_lifetime_left(&state, &headers);
     let stream = futures::stream::unfold(subscription, |mut s: Subscription| async move {
         let delivery = s.next().await?;

@@ -4,6 +4,7 @@
 //! validated hex digest and numeric ids, never from user-supplied names: path traversal is impossible. An upload
 //! holds 1 to [`MAX_FILES_PER_UPLOAD`] non-empty files and is stored all or nothing.
 
+use super::staging::{Staged, internal, place, receive_all};
 use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -11,25 +12,20 @@ use crate::http::extract::{ApiMultipart, ApiPath};
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{DefaultBodyLimit, Multipart, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{FileDownloadedEvent, FileUploadedEvent};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tokio::io::AsyncWriteExt as _;
 use utoipa::ToSchema;
+
+pub use super::staging::MAX_FILES_PER_UPLOAD;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-/// Most file parts in one upload. Part of the API (README, OpenAPI description): each part is a stored file,
-/// a row and an analytics event, so a request must not bring an unbounded number of them.
-pub const MAX_FILES_PER_UPLOAD: usize = 10;
 
 /// Room for multipart framing on top of `files.max_upload_bytes`.
 const MULTIPART_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -121,17 +117,6 @@ pub fn storage_path(root: &Path, workspace_id: i64, sha256: &str) -> PathBuf {
     root.join(workspace_id.to_string()).join(&sha256[..2]).join(sha256)
 }
 
-/// Keeps a client-supplied name printable and short (it is only ever displayed, never used as a path).
-fn clean_name(name: Option<&str>) -> String {
-    let cleaned: String = name
-        .unwrap_or("file")
-        .chars()
-        .filter(|c| !c.is_control() && *c != '/' && *c != '\\')
-        .take(255)
-        .collect();
-    if cleaned.is_empty() { "file".into() } else { cleaned }
-}
-
 /// Upload files (multipart; each part is one file).
 ///
 /// All or nothing: every part is received into `staging/` first, and only once all of them arrived whole (none
@@ -160,15 +145,15 @@ async fn upload(
             "the multipart body holds no file part",
         ));
     }
-    for (i, file) in staged.iter().enumerate() {
-        if let Err(err) = place(root, user.workspace_id, file).await {
-            discard(&staged[i..]).await;
-            return Err(err);
-        }
+    let mut received = Vec::with_capacity(staged.len());
+    // On an error, the parts not yet placed are dropped with the iterator, and so removed.
+    for Staged { path, file } in staged {
+        place(path, &storage_path(root, user.workspace_id, &file.sha256)).await?;
+        received.push(file);
     }
     let mut tx = state.pool.begin().await?;
     let context = client.context(user.user_id, user.workspace_id);
-    for file in &staged {
+    for file in &received {
         sqlx::query(
             "INSERT INTO files (workspace_id, sha256, size_bytes, content_type, file_name, uploaded_by) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id, sha256) DO NOTHING",
@@ -190,7 +175,7 @@ async fn upload(
         state.analytics.record(&mut tx, kind, &context).await?;
     }
     tx.commit().await?;
-    let files = staged
+    let files = received
         .into_iter()
         .map(|file| StoredFile {
             url: url(user.workspace_id, &file.sha256),
@@ -201,128 +186,6 @@ async fn upload(
         })
         .collect();
     Ok((StatusCode::CREATED, Json(Uploaded { files })))
-}
-
-/// A part received whole into `staging/`, not yet in place.
-struct Staged {
-    /// Where it waits.
-    path: PathBuf,
-    /// Hex SHA-256 of the content.
-    sha256: String,
-    /// Size in bytes (never 0).
-    size: i64,
-    /// Content type given at upload (100 characters at most).
-    content_type: String,
-    /// Cleaned file name.
-    name: String,
-    /// How long receiving it took, for its `file_uploaded` event.
-    duration_ms: i32,
-}
-
-/// Receives every part of `multipart` into `root/staging`; on any refusal, removes what it staged.
-async fn receive_all(multipart: &mut Multipart, root: &Path, max_bytes: usize) -> Result<Vec<Staged>, ApiError> {
-    let staging_dir = root.join("staging");
-    tokio::fs::create_dir_all(&staging_dir).await.map_err(internal)?;
-    let mut staged = Vec::new();
-    let received = async {
-        while let Some(field) = multipart.next_field().await.map_err(multipart_refusal)? {
-            // Refused before reading the part: each part costs a file, a row and an event.
-            if staged.len() == MAX_FILES_PER_UPLOAD {
-                return Err(ApiError::bad_request(
-                    "too_many_files",
-                    format!("an upload holds at most {MAX_FILES_PER_UPLOAD} files"),
-                ));
-            }
-            staged.push(receive(field, &staging_dir, max_bytes).await?);
-        }
-        Ok(())
-    }
-    .await;
-    match received {
-        Ok(()) => Ok(staged),
-        Err(err) => {
-            discard(&staged).await;
-            Err(err)
-        }
-    }
-}
-
-/// Receives one part into a new file of `staging_dir`, hashing it on the way; removes the file when refused.
-async fn receive(mut field: Field<'_>, staging_dir: &Path, max_bytes: usize) -> Result<Staged, ApiError> {
-    let started = Instant::now();
-    let name = clean_name(field.file_name());
-    let content_type = field
-        .content_type()
-        .unwrap_or("application/octet-stream")
-        .chars()
-        .take(100)
-        .collect::<String>();
-    let path = staging_dir.join(uuid::Uuid::new_v4().to_string());
-    let mut out = tokio::fs::File::create(&path).await.map_err(internal)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0usize;
-    let written = async {
-        while let Some(chunk) = field.chunk().await.map_err(multipart_refusal)? {
-            size += chunk.len();
-            if size > max_bytes {
-                return Err(ApiError::PayloadTooLarge(format!(
-                    "file exceeds {max_bytes} bytes (files.max_upload_bytes)"
-                )));
-            }
-            hasher.update(&chunk);
-            out.write_all(&chunk).await.map_err(internal)?;
-        }
-        if size == 0 {
-            return Err(ApiError::bad_request("empty_file", format!("file {name:?} is empty")));
-        }
-        out.flush().await.map_err(internal)
-    }
-    .await;
-    if let Err(err) = written {
-        let _ = tokio::fs::remove_file(&path).await;
-        return Err(err);
-    }
-    Ok(Staged {
-        path,
-        sha256: hex::encode(hasher.finalize()),
-        size: i64::try_from(size).unwrap_or(i64::MAX),
-        content_type,
-        name,
-        duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
-    })
-}
-
-/// Moves a staged file to its content address in `workspace_id`.
-async fn place(root: &Path, workspace_id: i64, file: &Staged) -> Result<(), ApiError> {
-    let target = storage_path(root, workspace_id, &file.sha256);
-    if let Some(parent) = target.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(internal)?;
-    }
-    // Same content, same name: a rename over an identical file is harmless.
-    tokio::fs::rename(&file.path, &target).await.map_err(internal)
-}
-
-/// Removes staged files of a refused upload (best effort: the refusal is what the client needs to hear).
-async fn discard(staged: &[Staged]) {
-    for file in staged {
-        let _ = tokio::fs::remove_file(&file.path).await;
-    }
-}
-
-fn multipart_refusal(err: MultipartError) -> ApiError {
-    multipart_error(err.status(), err.body_text())
-}
-
-fn multipart_error(status: StatusCode, text: String) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge("upload exceeds files.max_upload_bytes".into())
-    } else {
-        ApiError::bad_request("invalid_multipart", text)
-    }
-}
-
-fn internal(err: std::io::Error) -> ApiError {
-    ApiError::Internal(anyhow::Error::new(err).context("file storage failed"))
 }
 
 /// Download a file of the caller's workspace.
@@ -393,12 +256,5 @@ mod tests {
         assert!(!is_sha256_hex(&"A".repeat(64)));
         assert!(!is_sha256_hex("../../etc/passwd"));
         assert!(!is_sha256_hex(&format!("{}/..", "a".repeat(61))));
-    }
-
-    #[test]
-    fn stored_names_lose_separators_and_control_characters() {
-        assert_eq!(clean_name(Some("../../etc/passwd")), "....etcpasswd");
-        assert_eq!(clean_name(Some("a\nb.txt")), "ab.txt");
-        assert_eq!(clean_name(None), "file");
     }
 }

@@ -159,7 +159,8 @@ async fn remove_member(
     ApiPath((chat_id, target)): ApiPath<(i64, i64)>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.pool.begin().await?;
-    let access = store::access(&mut tx, chat_id, user).await?;
+    // Holds the chat against a concurrent deletion, which would otherwise also count this member as leaving.
+    let access = store::access_for_change(&mut tx, chat_id, user).await?;
     let leave_reason = if target == user.user_id {
         if access.role == Role::Owner {
             return Err(ApiError::Forbidden(

@@ -12,9 +12,11 @@ mod invites;
 mod members;
 mod messages;
 mod middleware;
+mod staging;
 mod users;
 
 pub use files::MAX_FILES_PER_UPLOAD;
+pub use staging::remove_stale as remove_stale_uploads;
 
 use crate::state::AppState;
 use axum::Router;

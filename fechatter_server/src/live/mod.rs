@@ -22,6 +22,10 @@
 //! database after any `resync`. Nobody receives events of a chat they are not a member of.
 
 pub mod journal;
+pub mod slots;
+
+pub use slots::{MAX_STREAMS_PER_USER, MAX_SUBSCRIBERS, Refused};
+use slots::{Slot, Slots};
 
 use crate::chat::Message;
 use crate::chat::store;
@@ -32,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The PostgreSQL notification channel on which hubs wake each other after reading their own instance's changes.
@@ -50,8 +54,6 @@ pub const MAX_NOTICES_PER_READ: usize = 2_000;
 const COALESCE: Duration = Duration::from_millis(10);
 /// Events a subscriber may fall behind before it loses the oldest and is told to resync.
 pub const BUFFER_EVENTS: usize = 1024;
-/// Open event streams per instance; more are refused with 429.
-pub const MAX_SUBSCRIBERS: usize = 10_000;
 /// Longest wait before reading the journal again after a failed read.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -314,8 +316,8 @@ struct Inner {
     poll_interval: Duration,
     /// Cancelled when [`LiveHub::run`] returns, which ends every stream (graceful shutdown waits for them).
     stopped: CancellationToken,
-    /// Permits for open streams.
-    subscribers: Arc<Semaphore>,
+    /// Places for open streams.
+    slots: Slots,
 }
 
 impl Default for LiveHub {
@@ -341,21 +343,22 @@ impl LiveHub {
                 name: uuid::Uuid::new_v4().to_string(),
                 poll_interval,
                 stopped: CancellationToken::new(),
-                subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
+                slots: Slots::default(),
             }),
         }
     }
 
-    /// A subscription for `user_id`, or `None` when [`MAX_SUBSCRIBERS`] streams are open.
-    pub fn subscribe(&self, pool: PgPool, user_id: i64) -> Option<Subscription> {
-        let permit = self.inner.subscribers.clone().try_acquire_owned().ok()?;
-        Some(Subscription {
+    /// A subscription for `user_id`, refused when [`MAX_SUBSCRIBERS`] streams are open, or
+    /// [`MAX_STREAMS_PER_USER`] of the user's.
+    pub fn subscribe(&self, pool: PgPool, user_id: i64) -> Result<Subscription, Refused> {
+        let slot = self.inner.slots.take(user_id)?;
+        Ok(Subscription {
             receiver: self.inner.events.subscribe(),
             following: self.inner.following.subscribe(),
             pool,
             user_id,
             membership: None,
-            _permit: permit,
+            _slot: slot,
         })
     }
 
@@ -571,8 +574,8 @@ pub struct Subscription {
     user_id: i64,
     /// `None` until loaded, once the hub follows the journal.
     membership: Option<Membership>,
-    /// Counts this stream against [`MAX_SUBSCRIBERS`] until dropped.
-    _permit: OwnedSemaphorePermit,
+    /// This stream's place among the open ones, until dropped.
+    _slot: Slot,
 }
 
 impl Subscription {
