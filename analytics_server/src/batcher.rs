@@ -23,6 +23,12 @@ pub const GROW_WAIT: Duration = Duration::from_secs(1);
 /// the batch would wait for come only after an INSERT.
 pub const QUIET: Duration = Duration::from_millis(25);
 
+/// The ceiling of a batch in bytes ([`EventRow::size`]): a batch at it takes no more rows, however few it holds. Rows are counted against the row
+/// ceiling, which assumes events of a few hundred bytes; events are up to `jetstream.max_message_bytes` (1 MiB),
+/// and thousands of those would take gigabytes, in each of the batches held at once (one growing, one being
+/// inserted, one being acknowledged), and make an INSERT ClickHouse may refuse for its size, again and again.
+pub const MAX_BATCH_BYTES: u32 = 64 << 20;
+
 /// Most rows a batch reserves room for up front (some 32 MB of `EventRow`s); a larger batch grows its vector.
 const MAX_RESERVED_ROWS: usize = 65_536;
 
@@ -42,15 +48,17 @@ pub struct FlushPolicy {
 pub struct Batch<A> {
     /// Rows, in arrival order.
     pub rows: Vec<EventRow>,
+    /// The rows' [`EventRow::size`], summed (saturating; `u32`, like `pending`'s `u16`, keeps the batch small).
+    bytes: u32,
     /// One handle per message; a batch message's handle covers all its rows.
     pub acks: Vec<A>,
     /// When the first row arrived, for the flush deadline.
     opened_at: Option<Instant>,
     /// When the last message arrived (with or without rows), to tell a batch that has stopped growing.
     last_seen: Option<Instant>,
-    /// How many messages waited behind the last one (saturating: only a hint for the room to reserve; `u32`
-    /// keeps a batch small enough to hand back by value, see `handoff`).
-    pending: u32,
+    /// How many messages waited behind the last one (saturating: only a hint for the room to reserve, which is
+    /// at most [`MAX_RESERVED_ROWS`]; `u16` keeps a batch small enough to hand back by value, see `handoff`).
+    pending: u16,
     /// When this batch is due.
     policy: FlushPolicy,
     /// Whether a backlog of `batch_size` messages or more has been seen, by this batch or the ones before it,
@@ -65,6 +73,7 @@ impl<A> Batch<A> {
     pub fn new(policy: FlushPolicy) -> Self {
         Self {
             rows: Vec::new(),
+            bytes: 0,
             acks: Vec::new(),
             opened_at: None,
             last_seen: None,
@@ -86,7 +95,7 @@ impl<A> Batch<A> {
     pub fn note_pending(&mut self, pending: u64, now: Instant) {
         self.in_backlog |= pending >= self.policy.batch_size as u64;
         self.caught_up = pending == 0;
-        self.pending = u32::try_from(pending).unwrap_or(u32::MAX);
+        self.pending = u16::try_from(pending).unwrap_or(u16::MAX);
         self.last_seen = Some(now);
     }
 
@@ -121,7 +130,7 @@ impl<A> Batch<A> {
     pub fn push(&mut self, rows: impl IntoIterator<Item = EventRow>, ack: A, now: Instant) -> usize {
         self.opened_at.get_or_insert(now);
         if self.rows.capacity() == 0 {
-            let waiting = usize::try_from(self.pending).unwrap_or(usize::MAX).saturating_add(1);
+            let waiting = usize::from(self.pending) + 1;
             let likely = if self.backlog_waiting() {
                 waiting
                     .min(self.policy.max_rows)
@@ -134,6 +143,8 @@ impl<A> Batch<A> {
         }
         let before = self.rows.len();
         self.rows.extend(rows);
+        let added = self.rows[before..].iter().map(EventRow::size).sum::<usize>();
+        self.bytes = self.bytes.saturating_add(u32::try_from(added).unwrap_or(u32::MAX));
         self.acks.push(ack);
         self.rows.len() - before
     }
@@ -143,13 +154,16 @@ impl<A> Batch<A> {
         self.rows.len() >= self.policy.batch_size
     }
 
-    /// True when the batch holds the ceiling of rows or more: it takes no more.
+    /// True when the batch holds the ceiling of rows or of bytes, or more: it takes no more.
     pub fn at_ceiling(&self) -> bool {
-        self.rows.len() >= self.policy.max_rows
+        self.rows.len() >= self.policy.max_rows || self.bytes >= MAX_BATCH_BYTES
     }
 
-    /// Rows the batch may still take before the ceiling.
+    /// Rows the batch may still take before the ceiling (none once at the byte ceiling).
     pub fn room(&self) -> usize {
+        if self.bytes >= MAX_BATCH_BYTES {
+            return 0;
+        }
         self.policy.max_rows.saturating_sub(self.rows.len())
     }
 
@@ -216,6 +230,29 @@ mod tests {
             max_rows,
             flush_interval,
         }
+    }
+
+    #[test]
+    fn large_events_reach_the_byte_ceiling_long_before_the_row_ceiling() {
+        let mut batch: Batch<()> = Batch::new(policy(100, 1_000, Duration::from_secs(30)));
+        // Four rows of a quarter of the ceiling each.
+        let large = || {
+            let mut row = rows(1).remove(0);
+            row.payload = "x".repeat(MAX_BATCH_BYTES as usize / 4);
+            row
+        };
+        let now = Instant::now();
+        for _ in 0..3 {
+            batch.push([large()], (), now);
+        }
+        assert!(!batch.at_ceiling() && batch.room() > 0, "three quarters");
+        batch.push([large()], (), now);
+        assert!(batch.at_ceiling(), "at the byte ceiling with 4 rows");
+        assert_eq!(batch.room(), 0);
+        assert!(batch.is_due(now), "a batch at a ceiling goes at once");
+        let next = batch.take();
+        assert_eq!(next.rows.len(), 4);
+        assert!(!batch.at_ceiling(), "the next batch starts empty");
     }
 
     #[test]

@@ -256,6 +256,16 @@ impl Settings {
         if js.duplicate_window_seconds < 120 {
             return invalid("jetstream.duplicate_window_seconds", "must be at least 120".into());
         }
+        if js.duplicate_window_seconds > js.max_age_days.saturating_mul(86_400) {
+            // JetStream refuses such a stream; said here, by key, instead of after a minute of start-up retries.
+            return invalid(
+                "jetstream.duplicate_window_seconds",
+                format!(
+                    "{} s is longer than the stream keeps messages (jetstream.max_age_days {})",
+                    js.duplicate_window_seconds, js.max_age_days
+                ),
+            );
+        }
         if js.ack_wait_seconds < 5 {
             return invalid("jetstream.ack_wait_seconds", "must be at least 5".into());
         }
@@ -335,6 +345,16 @@ impl Settings {
             ("integrations.messaging.subjects.bot_events", &subjects.bot_events),
             ("integrations.messaging.subjects.error_events", &subjects.error_events),
         ];
+        if !is_literal_subject(&subjects.analytics_batch) {
+            // POST /api/batch publishes to it, and the ingester tells batch messages by it.
+            return invalid(
+                "integrations.messaging.subjects.analytics_batch",
+                format!(
+                    "{:?} is not a subject to publish to (dot-separated tokens, no wildcards or spaces)",
+                    subjects.analytics_batch
+                ),
+            );
+        }
         for (key, pattern) in covered {
             if !subject_matches(&subjects.analytics_events, pattern) {
                 return invalid(
@@ -523,6 +543,16 @@ mod tests {
                 "ANALYTICS__JETSTREAM__MAX_ACK_PENDING",
                 "1000001",
                 "jetstream.max_ack_pending",
+            ),
+            (
+                "ANALYTICS__JETSTREAM__DUPLICATE_WINDOW_SECONDS",
+                "2592001",
+                "jetstream.duplicate_window_seconds",
+            ),
+            (
+                "ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_BATCH",
+                "fechatter.analytics.*",
+                "subjects.analytics_batch",
             ),
         ] {
             let err = Settings::load(None, vars(&[(var, value)])).expect_err(value);

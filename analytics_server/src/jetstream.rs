@@ -2,7 +2,8 @@
 //! stream and the durable pull consumer.
 //!
 //! The stream is created when missing and widened when it exists with narrower settings (subjects, retention,
-//! duplicate window); it is never narrowed and never deleted, since other publishers' data may live in it.
+//! duplicate window, limits on its bytes or messages, which would drop events not yet stored); it is never
+//! narrowed and never deleted, since other publishers' data may live in it.
 //! Every action is logged.
 
 use crate::config::{Settings, subject_matches};
@@ -97,6 +98,24 @@ pub fn widen(current: &stream::Config, want: &stream::Config) -> (stream::Config
             "duplicate_window {:?} -> {:?}",
             current.duplicate_window, want.duplicate_window
         ));
+    }
+    // Limits on bytes or messages drop the oldest messages when reached (or refuse new ones), whether or not they
+    // are stored in ClickHouse yet: a long ClickHouse outage would lose accepted events. The stream is bounded by
+    // its age alone.
+    let limits = [
+        ("max_bytes", current.max_bytes, &mut next.max_bytes),
+        ("max_messages", current.max_messages, &mut next.max_messages),
+        (
+            "max_messages_per_subject",
+            current.max_messages_per_subject,
+            &mut next.max_messages_per_subject,
+        ),
+    ];
+    for (name, have, set) in limits {
+        if have > 0 {
+            *set = -1;
+            changes.push(format!("{name} {have} -> unlimited"));
+        }
     }
     (next, changes)
 }
@@ -283,6 +302,29 @@ mod tests {
         assert_eq!(next.max_age, Duration::from_secs(30 * 86_400));
         assert_eq!(next.duplicate_window, Duration::from_secs(120));
         assert_eq!(changes.len(), 2);
+    }
+
+    #[test]
+    fn limits_that_would_drop_unstored_events_are_lifted() {
+        let current = stream::Config {
+            max_bytes: 1 << 30,
+            max_messages: 1_000,
+            max_messages_per_subject: 10,
+            ..cfg(&["fechatter.analytics.>"], 30, 120)
+        };
+        let (next, changes) = widen(&current, &cfg(&["fechatter.analytics.>"], 30, 120));
+        assert_eq!(
+            (next.max_bytes, next.max_messages, next.max_messages_per_subject),
+            (-1, -1, -1)
+        );
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        let unlimited = stream::Config {
+            max_bytes: -1,
+            max_messages: -1,
+            max_messages_per_subject: -1,
+            ..cfg(&["fechatter.analytics.>"], 30, 120)
+        };
+        assert!(widen(&unlimited, &unlimited).1.is_empty());
     }
 
     #[test]

@@ -74,6 +74,36 @@ pub struct EventRow {
     pub payload: String,
 }
 
+impl EventRow {
+    /// About how many bytes the row takes in memory: the struct and its strings. What bounds a batch's memory
+    /// ([`crate::batcher`]) when events are large: one may carry up to `jetstream.max_message_bytes`.
+    pub fn size(&self) -> usize {
+        let strings = [
+            &self.event_id,
+            &self.event_type,
+            &self.subject,
+            &self.client_id,
+            &self.session_id,
+            &self.user_id,
+            &self.workspace_id,
+            &self.app_version,
+            &self.user_agent,
+            &self.ip,
+            &self.system_os,
+            &self.system_arch,
+            &self.system_locale,
+            &self.system_timezone,
+            &self.system_browser,
+            &self.system_browser_version,
+            &self.geo_country,
+            &self.geo_region,
+            &self.geo_city,
+            &self.payload,
+        ];
+        std::mem::size_of::<Self>() + strings.iter().map(|s| s.len()).sum::<usize>()
+    }
+}
+
 /// Where an event came from, for the columns that are not in the event itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {

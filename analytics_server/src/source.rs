@@ -93,6 +93,17 @@ pub fn signal_progress<'a>(nats: &async_nats::Client, acks: impl IntoIterator<It
     });
 }
 
+/// Most bytes one pull asks for, on top of its `jetstream.pull_batch` messages: with large events, that many
+/// messages would take a gigabyte in the client's buffer.
+const PULL_BYTES: usize = 16 << 20;
+
+/// The bytes a pull asks for: [`PULL_BYTES`], or more when the server takes larger messages. A pull's bytes must
+/// hold any message the stream may hold (the server's `max_payload`, with its headers and subject): JetStream
+/// never delivers a message larger than a pull's bytes, and the consumer would stop at it.
+fn pull_bytes(max_payload: usize) -> usize {
+    PULL_BYTES.max(max_payload.saturating_add(64 << 10))
+}
+
 /// Pulls from `consumer` into `tx` until `shutdown` is cancelled or the receiver is gone.
 ///
 /// Errors of the pull stream (a missed heartbeat, NATS restarting, the consumer or stream deleted) are logged,
@@ -126,6 +137,7 @@ pub async fn run_jetstream(
         let messages = consumer
             .stream()
             .max_messages_per_batch(settings.jetstream.pull_batch)
+            .max_bytes_per_batch(pull_bytes(js.client().server_info().max_payload))
             .expires(Duration::from_secs(30))
             .heartbeat(Duration::from_secs(10))
             .messages()
@@ -234,4 +246,15 @@ pub async fn run_core(
     }
     let _ = subscription.unsubscribe().await;
     tracing::info!(%subject, "unsubscribed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_holds_the_largest_message_the_server_takes() {
+        assert_eq!(pull_bytes(1 << 20), PULL_BYTES);
+        assert!(pull_bytes(64 << 20) > 64 << 20);
+    }
 }

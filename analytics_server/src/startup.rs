@@ -137,6 +137,7 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(settings.server.port);
         let state = AppState {
             ingest_limiter: Arc::new(RateLimiter::per_minute(settings.server.ingest_rate_limit_per_minute)),
+            ingest_in_flight: Arc::new(tokio::sync::Semaphore::new(http::MAX_INGEST_IN_FLIGHT)),
             settings: settings.clone(),
             metrics,
             nats,
@@ -186,19 +187,28 @@ impl Application {
         } else {
             drop(in_tx);
         }
+        // Without a source (messaging disabled) the pipeline and the sink end at once, as they should.
+        let ingesting = state.nats.is_some();
         let dead_letters = state.jetstream.clone().map(|js| {
             let letters = DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone());
             DeadLetterWorkers::new(letters, state.metrics.clone(), DEAD_LETTERS_IN_FLIGHT)
         });
         // Progress signals only mean something for JetStream's messages.
         let progress = state.jetstream.as_ref().and(state.nats.clone());
-        tracker.spawn(pipeline::run(
-            PipelineSettings::from_settings(&settings),
-            in_rx,
-            batch_giver,
-            dead_letters,
-            progress,
-            state.metrics.clone(),
+        let failed = CancellationToken::new();
+        tracker.spawn(essential(
+            "pipeline",
+            pipeline::run(
+                PipelineSettings::from_settings(&settings),
+                in_rx,
+                batch_giver,
+                dead_letters,
+                progress,
+                state.metrics.clone(),
+            ),
+            ingesting,
+            shutdown.clone(),
+            failed.clone(),
         ));
         let sink = ClickHouseSink::new(
             state.clickhouse.clone(),
@@ -210,7 +220,13 @@ impl Application {
             state.metrics.clone(),
             state.nats.clone(),
         );
-        tracker.spawn(sink.run(batch_taker));
+        tracker.spawn(essential(
+            "ClickHouse sink",
+            sink.run(batch_taker),
+            ingesting,
+            shutdown.clone(),
+            failed.clone(),
+        ));
         tracker.close();
 
         tracing::info!(port, "analytics_server listening");
@@ -234,6 +250,66 @@ impl Application {
             tracing::warn!("NATS unreachable at shutdown; the last acknowledgements may be redelivered");
         }
         tracing::info!("analytics_server stopped");
+        if failed.is_cancelled() {
+            return Err(std::io::Error::other(
+                "an ingest task stopped unexpectedly (see the log); the service stopped so that it is restarted",
+            ));
+        }
         served
+    }
+}
+
+/// Runs `task`, one the ingest cannot go on without (it ends only once shutdown has begun). Should it end
+/// before, or panic, the service stops (`shutdown` is cancelled) and [`Application::run_until_stopped`] fails
+/// (`failed`): a pipeline without its sink would pull events and never store them, while `/ready` said ready.
+/// Nothing is lost: what it held unacknowledged is redelivered to the restarted service.
+async fn essential(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+    ingesting: bool,
+    shutdown: CancellationToken,
+    failed: CancellationToken,
+) {
+    let outcome = tokio::spawn(task).await;
+    if outcome.is_err() || (ingesting && !shutdown.is_cancelled()) {
+        let why = outcome
+            .err()
+            .map(|err| err.to_string())
+            .unwrap_or_else(|| "it returned".into());
+        tracing::error!(
+            task = name,
+            why,
+            "an ingest task stopped unexpectedly; stopping the service"
+        );
+        failed.cancel();
+        shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn outcome(task: impl Future<Output = ()> + Send + 'static, ingesting: bool, stopping: bool) -> bool {
+        let (shutdown, failed) = (CancellationToken::new(), CancellationToken::new());
+        if stopping {
+            shutdown.cancel();
+        }
+        essential("test", task, ingesting, shutdown.clone(), failed.clone()).await;
+        assert!(shutdown.is_cancelled(), "the service stops either way");
+        failed.is_cancelled()
+    }
+
+    #[tokio::test]
+    async fn an_ingest_task_ending_before_shutdown_or_panicking_stops_the_service_as_failed() {
+        assert!(outcome(async {}, true, false).await, "ended on its own");
+        assert!(outcome(async { panic!("sink bug") }, true, true).await, "panicked");
+        assert!(!outcome(async {}, true, true).await, "ended by shutdown");
+        let (shutdown, failed) = (CancellationToken::new(), CancellationToken::new());
+        essential("test", async {}, false, shutdown.clone(), failed.clone()).await;
+        assert!(
+            !shutdown.is_cancelled() && !failed.is_cancelled(),
+            "without a source, ending at once is normal"
+        );
     }
 }

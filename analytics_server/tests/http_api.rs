@@ -301,3 +301,78 @@ async fn core_nats_mode_answers_503_when_nats_is_down() {
     assert_eq!(status, 503, "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_publish_that_times_out_answers_the_ids_to_retry_with_and_the_retry_is_stored_once() {
+    let mut stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let mut event = events(1).remove(0);
+    let context = event.context.as_mut().expect("context");
+    context.event_id.clear();
+    stack.nats.stop().await;
+
+    // The publish waits in the client for NATS to come back, and may reach JetStream after the 503.
+    let (status, body) = post(&app.url("/api/event"), "application/x-protobuf", event.encode_to_vec()).await;
+    assert_eq!(status, 503, "{body}");
+    let id = body["event_ids"][0].as_str().expect("the id to retry with").to_owned();
+    stack.nats.restart().await.expect("NATS restarts");
+    event.context.as_mut().expect("context").event_id = id.clone();
+    let mut retried = None;
+    for _ in 0..30 {
+        let (status, body) = post(&app.url("/api/event"), "application/x-protobuf", event.encode_to_vec()).await;
+        if status == 202 {
+            retried = Some(body);
+            break;
+        }
+        // The service reconnects to NATS within a few seconds.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let retried = retried.expect("the retry is accepted once NATS is back");
+    assert_eq!(retried["event_ids"][0], id.as_str());
+    stack.wait_for_rows(1, WAIT).await;
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(
+        stack.count_final().await,
+        1,
+        "the late publish and the retry are one event"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stack = Stack::start().await;
+    let app = stack.run_in_process(&[]).await;
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    // 100 bytes announced, 3 sent, and the client goes quiet: it holds a place among the requests under way.
+    let head =
+        "POST /api/event HTTP/1.1\r\nHost: test\r\nContent-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket.write_all(b"abc").await.expect("part of the body");
+
+    let mut raw = Vec::new();
+    let answer = tokio::time::timeout(Duration::from_secs(45), async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.expect("read");
+            raw.extend_from_slice(&chunk[..n]);
+            if let Ok(answer) = test_support::raw_http::parse_response(&raw)
+                && serde_json::from_slice::<Value>(&answer.body).is_ok()
+            {
+                return answer;
+            }
+            assert!(n > 0, "closed without an answer: {:?}", String::from_utf8_lossy(&raw));
+        }
+    })
+    .await
+    .expect("answered within the body deadline");
+
+    assert_eq!(answer.status, 408, "{:?}", String::from_utf8_lossy(&answer.body));
+    let body: Value = serde_json::from_slice(&answer.body).expect("JSON");
+    assert_eq!(body["error"], "body_timeout", "{body}");
+    app.stop().await;
+}

@@ -216,3 +216,39 @@ async fn a_refused_part_refuses_the_whole_upload() {
         .join(&sha);
     assert!(!placed.exists(), "the first part was not moved into place either");
 }
+
+#[tokio::test]
+async fn an_upload_whose_client_goes_away_leaves_no_staged_file() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = TestApp::start(&[]).await;
+    let alice = app.signup("Alice", "Acme").await;
+    let staging = app.files_dir.path().join("staging");
+    let staged = || std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    // A part announced at 1 MB of which the client sends a few bytes, then hangs up.
+    let part_head = "--cut\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\n";
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary=cut\r\nContent-Length: 1000000\r\n\r\n{part_head}",
+        alice.access_token
+    );
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket.write_all(&[b'x'; 4096]).await.expect("some content");
+    test_support::wait_until("the part is staged", std::time::Duration::from_secs(10), || async {
+        (staged() == 1).then_some(())
+    })
+    .await
+    .expect("staged");
+
+    drop(socket);
+
+    test_support::wait_until(
+        "the staged file is removed",
+        std::time::Duration::from_secs(10),
+        || async { (staged() == 0).then_some(()) },
+    )
+    .await
+    .expect("a dropped upload leaves nothing in staging/");
+}

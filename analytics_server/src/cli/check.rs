@@ -128,7 +128,8 @@ mod tests {
             var,
             (
                 "ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_BATCH".into(),
-                pattern.into(),
+                // A subject to publish to, inside the pattern.
+                pattern.replace(['>', '*'], "batch"),
             ),
             (
                 "ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__USER_EVENTS".into(),

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What was wrong, for humans.
     pub message: String,
+    /// The ids of the request's events, when the client must retry with them (see [`ApiError::retry_with`]).
+    pub event_ids: Vec<String>,
 }
 
 impl ApiError {
@@ -27,13 +29,25 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            event_ids: Vec::new(),
         }
+    }
+
+    /// This error, answered with `ids`, the event ids the server gave the request's events: for a failure after
+    /// which the events may still be stored (a publish that timed out may yet reach JetStream), a retry must
+    /// carry the same ids, so that the copies are deduplicated instead of stored twice.
+    pub fn retry_with(mut self, ids: &[String]) -> Self {
+        self.event_ids = ids.to_vec();
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if !self.event_ids.is_empty() {
+            body["event_ids"] = serde_json::json!(self.event_ids);
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -5,7 +5,7 @@
 //! event is durable and will reach ClickHouse. A client retrying a request whose answer it lost sends the same
 //! ids again and is deduplicated, by JetStream within its window and by ClickHouse after it.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, MAX_INGEST_IN_FLIGHT};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -18,6 +18,7 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 /// Most bytes of an oversize body read and dropped before its 413 is answered.
@@ -26,6 +27,9 @@ const DRAIN_BYTES: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Bytes reserved for the NATS headers of a published message (`NATS/1.0`, `Nats-Msg-Id: <uuid>`, framing).
 const HEADERS_ALLOWANCE: usize = 128;
+/// Longest time a request's body may take to arrive (a body of `server.max_body_bytes` takes a fraction of a
+/// second on any working link): a client sending slowly holds its place among [`MAX_INGEST_IN_FLIGHT`].
+const BODY_TIME: Duration = Duration::from_secs(30);
 /// How long a request waits for JetStream's acknowledgement before answering 503.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Namespace of the message ids of batch messages (derived from their events' ids).
@@ -190,7 +194,8 @@ async fn publish(state: &AppState, subject: String, msg_id: &str, payload: Bytes
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "the event bus is unavailable; retry later",
+            "the event bus is unavailable; retry later with the same event ids (event_ids): the events may still be \
+             stored, and a retry with their ids is deduplicated",
         )
     };
     // The stamped message, with its headers, must fit both our own limit and the NATS server's max_payload
@@ -259,6 +264,8 @@ struct IngestRequest {
     encoding: Encoding,
     body: Bytes,
     caller: Caller,
+    /// This request's place among those under way, held until it is answered.
+    _in_flight: OwnedSemaphorePermit,
 }
 
 impl FromRequest<AppState> for IngestRequest {
@@ -289,11 +296,27 @@ impl FromRequest<AppState> for IngestRequest {
                 ),
             )));
         }
-        let body = read_body(state, body).await?;
+        let in_flight = state.ingest_in_flight.clone().try_acquire_owned().map_err(|_| {
+            refused(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{MAX_INGEST_IN_FLIGHT} requests are under way on this server; retry later"),
+            ))
+        })?;
+        let body = tokio::time::timeout(BODY_TIME, read_body(state, body))
+            .await
+            .map_err(|_| {
+                refused(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!("the request body did not arrive within {} s", BODY_TIME.as_secs()),
+                ))
+            })??;
         Ok(Self {
             encoding,
             body,
             caller: caller(addr, &parts.headers),
+            _in_flight: in_flight,
         })
     }
 }
@@ -307,9 +330,11 @@ async fn record_event(
         let who = &request.caller;
         prepare(&mut event, None, now_ms(), &who.ip, who.user_agent.as_deref())?;
         let subject = event.subject().unwrap_or_default();
-        let id = event.event_id().to_owned();
-        publish(&state, subject, &id, Bytes::from(event.encode_to_vec())).await?;
-        Ok(vec![id])
+        let ids = vec![event.event_id().to_owned()];
+        publish(&state, subject, &ids[0], Bytes::from(event.encode_to_vec()))
+            .await
+            .map_err(|err| retry_with_ids(err, &ids))?;
+        Ok(ids)
     }
     .await;
     finish(&state, result)
@@ -341,13 +366,40 @@ async fn record_batch(
             prepare(event, Some(i), now, &who.ip, who.user_agent.as_deref())?;
         }
         let ids: Vec<String> = batch.events.iter().map(|e| e.event_id().to_owned()).collect();
+        refuse_repeated_ids(&ids)?;
         let msg_id = Uuid::new_v5(&BATCH_ID_NAMESPACE, ids.join(",").as_bytes()).to_string();
         let subject = state.settings.integrations.messaging.subjects.analytics_batch.clone();
-        publish(&state, subject, &msg_id, Bytes::from(batch.encode_to_vec())).await?;
+        publish(&state, subject, &msg_id, Bytes::from(batch.encode_to_vec()))
+            .await
+            .map_err(|err| retry_with_ids(err, &ids))?;
         Ok(ids)
     }
     .await;
     finish(&state, result)
+}
+
+/// A failed publish, answered with the events' ids when it was not refused for good (a 503: the publish may
+/// yet reach JetStream). A client that gave no ids would otherwise retry with new ones, which no deduplication
+/// recognises as the same events.
+fn retry_with_ids(err: ApiError, ids: &[String]) -> ApiError {
+    if err.status.is_server_error() {
+        err.retry_with(ids)
+    } else {
+        err
+    }
+}
+
+/// 400 when two events of a batch carry the same id: the second would be taken for a copy of the first and
+/// dropped, while the answer counted it as accepted.
+fn refuse_repeated_ids(ids: &[String]) -> Result<(), ApiError> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    match ids.iter().position(|id| !seen.insert(id.as_str())) {
+        None => Ok(()),
+        Some(i) => Err(ApiError::bad_request(
+            "duplicate_event_id",
+            format!("events[{i}].context.eventId {} repeats an earlier event's id", ids[i]),
+        )),
+    }
 }
 
 fn finish(state: &AppState, result: Result<Vec<String>, ApiError>) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -431,6 +483,24 @@ mod tests {
         let err = prepare(&mut event, Some(3), 1, "ip", None).expect_err("bad id");
         assert_eq!(err.code, "invalid_event_id");
         assert!(err.message.starts_with("events[3]"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_batch_repeating_an_event_id_is_refused_naming_the_event() {
+        let ids: Vec<String> = ["a", "b", "a"].map(String::from).to_vec();
+        let err = refuse_repeated_ids(&ids).expect_err("repeated");
+        assert_eq!((err.status, err.code), (StatusCode::BAD_REQUEST, "duplicate_event_id"));
+        assert!(err.message.starts_with("events[2]"), "{}", err.message);
+        refuse_repeated_ids(&ids[..2]).expect("distinct ids");
+    }
+
+    #[test]
+    fn only_a_failure_that_may_yet_store_the_events_answers_their_ids() {
+        let ids = vec!["id-1".to_owned()];
+        let unavailable = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "down");
+        assert_eq!(retry_with_ids(unavailable, &ids).event_ids, ids);
+        let too_large = ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "big");
+        assert!(retry_with_ids(too_large, &ids).event_ids.is_empty());
     }
 
     #[test]

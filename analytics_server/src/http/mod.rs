@@ -34,7 +34,14 @@ pub struct AppState {
     pub clickhouse: clickhouse::Client,
     /// Per-client limit of ingest requests.
     pub ingest_limiter: Arc<RateLimiter>,
+    /// Ingest requests under way, [`MAX_INGEST_IN_FLIGHT`] at most.
+    pub ingest_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most ingest requests under way at once, each holding up to `server.max_body_bytes` and its decoded events, for
+/// as long as a publish may take: the rate limit counts requests as they start, so without this bound requests
+/// waiting on a slow NATS, or sending their bodies slowly, could pile up without limit.
+pub const MAX_INGEST_IN_FLIGHT: usize = 512;
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
