@@ -23,8 +23,8 @@ pub const GROW_WAIT: Duration = Duration::from_secs(1);
 /// the batch would wait for come only after an INSERT.
 pub const QUIET: Duration = Duration::from_millis(25);
 
-/// The ceiling of a batch in bytes ([`EventRow::size`]): a batch at it takes no more rows, however few it holds. Rows are counted against the row
-/// ceiling, which assumes events of a few hundred bytes; events are up to `jetstream.max_message_bytes` (1 MiB),
+/// The ceiling of a batch in bytes ([`EventRow::size`]): a batch at it takes no more rows, however few it holds.
+/// The row ceiling assumes events of a few hundred bytes; events are up to `jetstream.max_message_bytes` (1 MiB),
 /// and thousands of those would take gigabytes, in each of the batches held at once (one growing, one being
 /// inserted, one being acknowledged), and make an INSERT ClickHouse may refuse for its size, again and again.
 pub const MAX_BATCH_BYTES: u32 = 64 << 20;

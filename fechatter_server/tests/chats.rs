@@ -486,25 +486,6 @@ async fn joining_a_chat_while_it_is_being_deleted_answers_404() {
     assert!(later_joins(&app).await.is_empty());
 }
 
-/// Waits until `n` statements of the test database wait for a lock.
-async fn lock_waiters(app: &TestApp, n: i64) {
-    test_support::wait_until(
-        "statements waiting for a lock",
-        std::time::Duration::from_secs(10),
-        || async {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&app.pool)
-            .await
-            .expect("activity");
-            (waiting >= n).then_some(())
-        },
-    )
-    .await
-    .expect("the requests reached their locks");
-}
-
 #[tokio::test]
 async fn a_member_leaving_while_the_chat_is_deleted_leaves_once() {
     let app = TestApp::start(&[]).await;
@@ -524,11 +505,11 @@ async fn a_member_leaving_while_the_chat_is_deleted_leaves_once() {
     let (leave, delete, ()) = tokio::join!(
         app.delete(&leaving, &bob),
         async {
-            lock_waiters(&app, 1).await;
+            app.wait_for_lock_waits("%", 1).await;
             app.delete(&format!("/api/chats/{chat}"), &ada).await
         },
         async {
-            lock_waiters(&app, 2).await;
+            app.wait_for_lock_waits("%", 2).await;
             hold.commit().await.expect("release");
         }
     );
@@ -561,7 +542,7 @@ async fn of_two_deletions_of_a_chat_one_deletes_it_and_the_other_answers_404() {
         .expect("hold the chat");
     let path = format!("/api/chats/{chat}");
     let (first, second, ()) = tokio::join!(app.delete(&path, &ada), app.delete(&path, &ada), async {
-        lock_waiters(&app, 2).await;
+        app.wait_for_lock_waits("%", 2).await;
         hold.commit().await.expect("release");
     });
 

@@ -326,29 +326,29 @@ impl TestApp {
             .execute(&mut *deleting)
             .await
             .expect("delete");
-        let pattern = format!("%{statement}%");
         let commit_once_the_request_waits = async {
-            test_support::wait_until(
-                "the request waits for the deletion",
-                Duration::from_secs(10),
-                || async {
-                    let waiting: i64 = sqlx::query_scalar(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND wait_event_type = 'Lock' AND query LIKE $1",
-                    )
-                    .bind(&pattern)
-                    .fetch_one(&self.pool)
-                    .await
-                    .expect("activity");
-                    (waiting > 0).then_some(())
-                },
-            )
-            .await
-            .expect("the request reached the chat's row");
+            self.wait_for_lock_waits(&format!("%{statement}%"), 1).await;
             deleting.commit().await.expect("commit");
         };
         let (answer, ()) = tokio::join!(request, commit_once_the_request_waits);
         answer
+    }
+
+    /// Waits until `n` statements of the test database whose text is `LIKE pattern` wait for a lock.
+    pub async fn wait_for_lock_waits(&self, pattern: &str, n: i64) {
+        test_support::wait_until("statements waiting for a lock", Duration::from_secs(10), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE $1",
+            )
+            .bind(pattern)
+            .fetch_one(&self.pool)
+            .await
+            .expect("activity");
+            (waiting >= n).then_some(())
+        })
+        .await
+        .expect("the requests reached their locks");
     }
 
     /// The events of `subject` waiting to be published, decoded, oldest first: the outbox's rows, then the
