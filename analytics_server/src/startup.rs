@@ -238,10 +238,18 @@ impl Application {
         let served = server.await;
 
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-            tracing::warn!(
-                grace_seconds = SHUTDOWN_GRACE.as_secs(),
-                "in-flight batches not stored before the grace period; JetStream will redeliver them"
-            );
+            if state.jetstream.is_some() {
+                tracing::warn!(
+                    grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                    "in-flight batches not stored before the grace period; JetStream will redeliver them"
+                );
+            } else {
+                // Core NATS (jetstream_enabled: false) redelivers nothing: at most once, as documented.
+                tracing::error!(
+                    grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                    "in-flight batches not stored before the grace period are lost (core NATS, at most once)"
+                );
+            }
         }
         // Pushes out the last acks (any not taken are redelivered later and collapse in ClickHouse).
         if let Some(nats) = &state.nats

@@ -110,6 +110,7 @@ async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_b
     let alice = app.direct_user("Alice", None).await;
     act(&app, &alice, 0).await;
     wait_outbox_empty(&app, Duration::from_secs(10)).await;
+    let written = sample(&app.metrics().await, "fechatter_analytics_events_written_total");
 
     app.nats.stop().await;
     for n in 1..=30 {
@@ -118,6 +119,11 @@ async fn with_nats_down_the_api_keeps_serving_and_the_outbox_drains_once_it_is_b
     assert!(app.outbox_depth().await > 0, "events wait in the outbox");
     let metrics = app.metrics().await;
     assert!(metrics.contains("fechatter_analytics_outbox_depth"), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "fechatter_analytics_events_written_total") - written,
+        app.outbox_depth().await as f64,
+        "each committed event is counted as written, once"
+    );
     let ready = app.http.get(app.url("/ready")).send().await.expect("ready");
     assert_eq!(
         ready.status(),

@@ -30,6 +30,17 @@ pub const MAX_DETACHED_WRITES: usize = 4;
 /// write, and a database that hands out no connection for a second is not going to take the event soon.
 const DETACHED_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Events written by [`Analytics::record`] in a transaction that has not committed yet.
+#[must_use = "pass it to Analytics::committed once the transaction has committed"]
+#[derive(Debug, Default)]
+pub struct Recorded(u64);
+
+impl std::ops::AddAssign for Recorded {
+    fn add_assign(&mut self, other: Self) {
+        self.0 += other.0;
+    }
+}
+
 /// Records analytics events, or nothing when `features.messaging.enabled` is false.
 #[derive(Clone)]
 pub struct Analytics {
@@ -63,19 +74,27 @@ impl Analytics {
     }
 
     /// Writes an event of `kind` to the outbox on `conn` — pass the transaction of the change the event
-    /// describes, so both commit or neither does.
+    /// describes, so both commit or neither does — and hand what it returns to [`Analytics::committed`] once
+    /// that transaction has committed.
     pub async fn record(
         &self,
         conn: &mut PgConnection,
         kind: EventType,
         request: &RequestContext,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Recorded, sqlx::Error> {
         if !self.enabled {
-            return Ok(());
+            return Ok(Recorded::default());
         }
         outbox::enqueue(conn, &build_event(kind, request)).await?;
-        self.metrics.events_written.inc();
-        Ok(())
+        Ok(Recorded(1))
+    }
+
+    /// Counts the events `recorded` in a transaction that has now committed
+    /// (`fechatter_analytics_events_written_total`): an event of a change that rolled back was never written.
+    pub fn committed(&self, recorded: Recorded) {
+        if recorded.0 > 0 {
+            self.metrics.events_written.inc_by(recorded.0);
+        }
     }
 
     /// Writes an event of `kind` in a task of its own, on a connection of `pool`, for an event that describes no
@@ -98,7 +117,10 @@ impl Analytics {
             let _permit = permit;
             let conn = tokio::time::timeout(DETACHED_ACQUIRE_TIMEOUT, pool.acquire()).await;
             let written = match conn {
-                Ok(Ok(mut conn)) => analytics.record(&mut conn, kind, &request).await,
+                // On a connection of its own, outside any transaction: written is committed.
+                Ok(Ok(mut conn)) => analytics.record(&mut conn, kind, &request).await.map(|recorded| {
+                    analytics.committed(recorded);
+                }),
                 Ok(Err(err)) => Err(err),
                 Err(_) => Err(sqlx::Error::PoolTimedOut),
             };

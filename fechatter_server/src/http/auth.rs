@@ -8,7 +8,7 @@
 use super::extract::ApiJson;
 use super::invites;
 use super::users::{self, Profile};
-use crate::analytics::ClientInfo;
+use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::refresh::{self, RefreshError};
 use crate::auth::{AuthUser, password};
 use crate::error::{ApiError, is_unique_violation};
@@ -392,7 +392,7 @@ async fn signup(
         workspace_id: workspace_id.to_string(),
         registration_method: registration_method.into(),
     });
-    state
+    let recorded = state
         .analytics
         .record(&mut tx, event, &client.context(user_id, workspace_id))
         .await?;
@@ -401,6 +401,7 @@ async fn signup(
         .ok_or_else(|| anyhow::anyhow!("user {user_id} not visible in the transaction that created it"))?;
     let tokens = token_answer(&state, user_id, workspace_id, refresh_token)?;
     tx.commit().await?;
+    state.analytics.committed(recorded);
     tracing::info!(user_id, workspace_id, new_workspace = created, "user signed up");
     Ok((StatusCode::CREATED, Json(SignupResponse { tokens, user })))
 }
@@ -447,12 +448,13 @@ async fn signin(
         email,
         login_method: "password".into(),
     });
-    state
+    let recorded = state
         .analytics
         .record(&mut tx, event, &client.context(user_id, workspace_id))
         .await?;
     let tokens = token_answer(&state, user_id, workspace_id, refresh_token)?;
     tx.commit().await?;
+    state.analytics.committed(recorded);
     Ok(Json(tokens))
 }
 
@@ -500,18 +502,20 @@ async fn logout(
         .await?
         .ok_or(INVALID_REFRESH_TOKEN)?;
     // A repeated logout changes nothing, so it is not another logout event.
+    let mut recorded = Recorded::default();
     if revoked.tokens > 0 {
         let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
             .bind(user.user_id)
             .fetch_one(&mut *tx)
             .await?;
         let event = EventType::UserLogout(UserLogoutEvent { email });
-        state
+        recorded = state
             .analytics
             .record(&mut tx, event, &client.context(user.user_id, user.workspace_id))
             .await?;
     }
     tx.commit().await?;
+    state.analytics.committed(recorded);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,7 +3,7 @@
 //! Outsiders get 404 for a chat, as if it did not exist ([`crate::chat::policy`]); users of the workspace may
 //! view a `public_channel` they are not a member of. Renaming and deleting are the owner's (403 for others).
 
-use crate::analytics::ClientInfo;
+use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::AuthUser;
 use crate::chat::{Chat, ChatType, store, validate};
 use crate::error::ApiError;
@@ -82,7 +82,7 @@ async fn create_chat(
         chat_type: body.chat_type.as_str().to_owned(),
         initial_members_count: i32::try_from(chat.members.len()).unwrap_or(i32::MAX),
     });
-    state
+    let mut recorded = state
         .analytics
         .record(&mut tx, kind, &client.context(user.user_id, user.workspace_id))
         .await?;
@@ -93,7 +93,7 @@ async fn create_chat(
             chat_id: chat.id.to_string(),
             join_method: "created".into(),
         });
-        state
+        recorded += state
             .analytics
             .record(&mut tx, kind, &client.context(member, user.workspace_id))
             .await?;
@@ -105,6 +105,7 @@ async fn create_chat(
     )
     .await?;
     tx.commit().await?;
+    state.analytics.committed(recorded);
     state.live.committed();
     tracing::debug!(chat_id = chat.id, chat_type = chat.chat_type.as_str(), "chat created");
     Ok((StatusCode::CREATED, Json(chat)))
@@ -204,18 +205,20 @@ async fn delete_chat(
     let mut tx = state.pool.begin().await?;
     store::access(&mut tx, chat_id, user).await?.require_owner()?;
     let members = store::delete_chat(&mut tx, chat_id).await?;
+    let mut recorded = Recorded::default();
     for member in members.ok_or(ApiError::NotFound("chat"))? {
         let kind = EventType::ChatLeft(ChatLeftEvent {
             chat_id: chat_id.to_string(),
             leave_reason: "chat_deleted".into(),
         });
-        state
+        recorded += state
             .analytics
             .record(&mut tx, kind, &client.context(member, user.workspace_id))
             .await?;
     }
     live::notify(&mut tx, &Notice::chat(LiveKind::ChatDeleted, chat_id)).await?;
     tx.commit().await?;
+    state.analytics.committed(recorded);
     state.live.committed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,7 @@
 //! holds 1 to [`MAX_FILES_PER_UPLOAD`] non-empty files and is stored all or nothing.
 
 use super::staging::{Staged, internal, place, receive_all};
-use crate::analytics::ClientInfo;
+use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::http::extract::{ApiMultipart, ApiPath};
@@ -22,10 +22,10 @@ use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use utoipa::ToSchema;
-
-pub use super::staging::MAX_FILES_PER_UPLOAD;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+pub use super::staging::MAX_FILES_PER_UPLOAD;
 
 /// Room for multipart framing on top of `files.max_upload_bytes`.
 const MULTIPART_OVERHEAD_BYTES: usize = 64 * 1024;
@@ -153,6 +153,7 @@ async fn upload(
     }
     let mut tx = state.pool.begin().await?;
     let context = client.context(user.user_id, user.workspace_id);
+    let mut recorded = Recorded::default();
     for file in &received {
         sqlx::query(
             "INSERT INTO files (workspace_id, sha256, size_bytes, content_type, file_name, uploaded_by) \
@@ -172,9 +173,10 @@ async fn upload(
             upload_method: "multipart".into(),
             upload_duration_ms: file.duration_ms,
         });
-        state.analytics.record(&mut tx, kind, &context).await?;
+        recorded += state.analytics.record(&mut tx, kind, &context).await?;
     }
     tx.commit().await?;
+    state.analytics.committed(recorded);
     let files = received
         .into_iter()
         .map(|file| StoredFile {
@@ -219,10 +221,12 @@ async fn download(
         download_duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
     });
     let mut conn = state.pool.acquire().await?;
-    state
+    // Outside a transaction: written is committed.
+    let recorded = state
         .analytics
         .record(&mut conn, kind, &client.context(user.user_id, user.workspace_id))
         .await?;
+    state.analytics.committed(recorded);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     let disposition = format!("attachment; filename=\"{}\"", name.replace('"', "'"));
     Ok((

@@ -5,7 +5,7 @@
 //! themselves. The members of a `single` chat never change. Every join and leave writes a `chat_joined` /
 //! `chat_left` analytics event whose user is the one who joined or left, and notifies live streams.
 
-use crate::analytics::ClientInfo;
+use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::AuthUser;
 use crate::chat::{ChatType, Member, Role, store, validate};
 use crate::error::ApiError;
@@ -115,12 +115,13 @@ async fn add_members(
         return Err(validate::unknown_users(&strangers));
     }
     let added = store::add_members(&mut tx, chat_id, &ids).await?;
+    let mut recorded = Recorded::default();
     for &user_id in &added {
         let kind = EventType::ChatJoined(ChatJoinedEvent {
             chat_id: chat_id.to_string(),
             join_method: join_method.to_owned(),
         });
-        state
+        recorded += state
             .analytics
             .record(&mut tx, kind, &client.context(user_id, user.workspace_id))
             .await?;
@@ -130,6 +131,7 @@ async fn add_members(
     }
     let members = store::members(&mut tx, chat_id).await?;
     tx.commit().await?;
+    state.analytics.committed(recorded);
     state.live.committed();
     Ok(Json(members))
 }
@@ -185,12 +187,13 @@ async fn remove_member(
         chat_id: chat_id.to_string(),
         leave_reason: leave_reason.to_owned(),
     });
-    state
+    let recorded = state
         .analytics
         .record(&mut tx, kind, &client.context(target, user.workspace_id))
         .await?;
     live::notify(&mut tx, &Notice::members(LiveKind::MemberLeft, chat_id, &[target])).await?;
     tx.commit().await?;
+    state.analytics.committed(recorded);
     state.live.committed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -318,10 +318,12 @@ async fn search_messages(
         search_duration_ms: i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX),
         has_filters: false,
     });
-    state
+    // Outside a transaction: written is committed.
+    let recorded = state
         .analytics
         .record(&mut conn, kind, &client.context(user.user_id, user.workspace_id))
         .await?;
+    state.analytics.committed(recorded);
     Ok(Json(found))
 }
 
