@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, Shared};
 use anyhow::Context as _;
 use fechatter_service::rate_limit::RateLimiter;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +30,23 @@ pub struct Application {
 }
 
 /// Connects to PostgreSQL (waiting up to a minute for it) and applies the migrations.
+///
+/// The connections run without JIT compilation (`jit = off`). PostgreSQL compiles a query whose estimated cost
+/// passes `jit_above_cost`, at some 70 ms of CPU each time: a profile of `send_bench` caught it compiling the
+/// count behind the outbox-depth metric, which runs on every scrape (on a 200,000-row journal, `EXPLAIN ANALYZE`:
+/// JIT 73 ms, the count itself 50), and a search over a large chat would pay it in its latency. The API's
+/// queries are index lookups that JIT does not speed up.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let options = settings
+        .database
+        .url
+        .parse::<PgConnectOptions>()
+        .context("Invalid database.url")?
+        .options([("jit", "off")]);
     let pool = PgPoolOptions::new()
         .max_connections(settings.database.max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&settings.database.url);
+        .connect_with(options);
     let pool = tokio::time::timeout(Duration::from_secs(60), pool)
         .await
         .context("Timed out connecting to database.url")?

@@ -530,3 +530,15 @@ async fn the_openapi_document_and_its_ui_are_served() {
         "the UI page is served"
     );
 }
+
+#[tokio::test]
+async fn the_api_connections_run_without_jit_compilation() {
+    let app = TestApp::start(&[]).await;
+    let settings = fechatter_server::config::Settings::load(None, app.env()).expect("settings");
+    let pool = fechatter_server::startup::connect_database(&settings)
+        .await
+        .expect("pool");
+    // The outbox-depth count that every /metrics scrape runs was JIT-compiled (~70 ms of CPU) on a long journal.
+    let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await.expect("jit");
+    assert_eq!(jit, "off");
+}
