@@ -158,6 +158,28 @@ pub async fn migrate(server: &Client, client: &Client, database: &str) -> Result
     Ok(applied)
 }
 
+/// Re-creates what an INSERT found missing while the service ran (the database, or the events table, dropped by
+/// hand): [`migrate`], which rebuilds a dropped database, then every migration's statements again, for a table
+/// dropped under a ledger that still records it. Each statement is `IF NOT EXISTS` (a unit test checks), so
+/// running them again changes nothing that exists.
+pub async fn restore(server: &Client, client: &Client, database: &str) -> Result<u32, SchemaError> {
+    let version = migrate(server, client, database).await?;
+    for migration in MIGRATIONS {
+        for statement in migration.statements {
+            client
+                .query(statement)
+                .execute()
+                .await
+                .map_err(|source| SchemaError::Migrate {
+                    version: migration.version,
+                    name: migration.name,
+                    source,
+                })?;
+        }
+    }
+    Ok(version)
+}
+
 /// Every statement the service may run, in order, for validating them on another ClickHouse version.
 pub fn all_statements(database: &str) -> Vec<String> {
     let mut out = vec![
@@ -194,6 +216,15 @@ pub fn all_statements(database: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_migration_statement_may_run_again() {
+        for migration in MIGRATIONS {
+            for statement in migration.statements {
+                assert!(statement.contains("IF NOT EXISTS"), "{}: {statement}", migration.name);
+            }
+        }
+    }
 
     #[test]
     fn migration_versions_strictly_increase() {

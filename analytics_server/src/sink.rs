@@ -9,7 +9,7 @@ use crate::batcher::Batch;
 use crate::handoff::Taker;
 use crate::metrics::Metrics;
 use crate::row::EventRow;
-use crate::schema::EVENTS_TABLE;
+use crate::schema::{self, EVENTS_TABLE};
 use crate::source::{Ack, signal_progress};
 use async_nats::jetstream::AckKind;
 use fechatter_service::error::chain;
@@ -38,6 +38,31 @@ pub struct ClickHouseSink {
     settings: SinkSettings,
     metrics: Arc<Metrics>,
     nats: Option<async_nats::Client>,
+    /// How to re-create a schema an INSERT finds missing; `None`: retry only.
+    schema: Option<SchemaHome>,
+}
+
+/// Where the schema lives: a client without a database (to create it) and the database's name.
+pub struct SchemaHome {
+    /// A client of the server, no database selected.
+    pub server: clickhouse::Client,
+    /// The database holding the tables.
+    pub database: String,
+}
+
+/// Whether an INSERT failed because the events table or its database does not exist (ClickHouse's codes 60,
+/// `UNKNOWN_TABLE`, and 81, `UNKNOWN_DATABASE`): dropped by hand while the service ran. Retrying alone would fail
+/// until someone re-created them.
+pub fn schema_missing(err: &clickhouse::error::Error) -> bool {
+    let clickhouse::error::Error::BadResponse(text) = err else {
+        return false;
+    };
+    // "Code: 60, e.displayText() = …" on 18.16, "Code: 60. DB::Exception: …" on later versions.
+    let code: Option<String> = text
+        .split("Code: ")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(char::is_ascii_digit).collect());
+    matches!(code.as_deref(), Some("60" | "81"))
 }
 
 /// Backoff before retry number `attempt` (1-based): 100 ms doubling up to `cap`, with ±25 % jitter so several
@@ -62,6 +87,28 @@ impl ClickHouseSink {
             settings,
             metrics,
             nats,
+            schema: None,
+        }
+    }
+
+    /// This sink, re-creating the schema in `home` when an INSERT finds it missing ([`schema::restore`]).
+    pub fn restoring_schema(mut self, home: SchemaHome) -> Self {
+        self.schema = Some(home);
+        self
+    }
+
+    /// Re-creates the schema after `err`, when `err` says it is missing and this sink knows where it lives.
+    async fn restore_if_missing(&self, err: &clickhouse::error::Error) {
+        let Some(home) = self.schema.as_ref().filter(|_| schema_missing(err)) else {
+            return;
+        };
+        match schema::restore(&home.server, &self.client, &home.database).await {
+            Ok(version) => tracing::warn!(
+                database = %home.database,
+                version,
+                "re-created the ClickHouse schema an INSERT found missing"
+            ),
+            Err(err) => tracing::error!(error = %chain(&err), "failed to re-create the missing ClickHouse schema"),
         }
     }
 
@@ -134,6 +181,7 @@ impl ClickHouseSink {
                     self.metrics.fail("insert");
                     let wait = backoff(attempt, self.settings.max_backoff);
                     tracing::error!(rows, attempt, retry_in_ms = wait.as_millis() as u64, error = %chain(&err), "INSERT failed; batch kept for retry");
+                    self.restore_if_missing(&err).await;
                     self.keeping_alive(&batch.acks, &mut last_progress, tokio::time::sleep(wait))
                         .await;
                 }
@@ -219,6 +267,21 @@ async fn await_acks(task: Option<JoinHandle<()>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_table_or_database_is_told_from_other_failures() {
+        let answer = |text: &str| clickhouse::error::Error::BadResponse(text.to_owned());
+        let old = "Code: 60, e.displayText() = DB::Exception: Table db.analytics_events doesn't exist., e.what() = DB";
+        assert!(schema_missing(&answer(old)));
+        assert!(schema_missing(&answer(
+            "Code: 81. DB::Exception: Database db doesn't exist"
+        )));
+        assert!(!schema_missing(&answer(
+            "Code: 241. DB::Exception: Memory limit exceeded"
+        )));
+        assert!(!schema_missing(&answer("Code: 600. something else")));
+        assert!(!schema_missing(&clickhouse::error::Error::TimedOut));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -10,7 +10,7 @@ use crate::jetstream::{SetupError, ensure_all};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineSettings};
 use crate::schema::{self, SchemaError};
-use crate::sink::{ClickHouseSink, SinkSettings, backoff};
+use crate::sink::{ClickHouseSink, SchemaHome, SinkSettings, backoff};
 use crate::source;
 use fechatter_service::error::chain;
 use fechatter_service::rate_limit::RateLimiter;
@@ -219,7 +219,11 @@ impl Application {
             },
             state.metrics.clone(),
             state.nats.clone(),
-        );
+        )
+        .restoring_schema(SchemaHome {
+            server: settings.clickhouse.client(),
+            database: settings.clickhouse.database.clone(),
+        });
         tracker.spawn(essential(
             "ClickHouse sink",
             sink.run(batch_taker),

@@ -34,7 +34,7 @@ pub struct Application {
 /// The connections run without JIT compilation (`jit = off`). PostgreSQL compiles a query whose estimated cost
 /// passes `jit_above_cost`, at some 70 ms of CPU each time: a profile of `send_bench` caught it compiling the
 /// count behind the outbox-depth metric, which runs on every scrape (on a 200,000-row journal, `EXPLAIN ANALYZE`:
-/// JIT 73 ms, the count itself 50), and a search over a large chat would pay it in its latency. The API's
+/// 73 ms of JIT in 177), and a search over a large chat would pay it in its latency. The API's
 /// queries are index lookups that JIT does not speed up.
 pub async fn connect_database(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let options = settings
