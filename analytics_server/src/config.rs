@@ -256,16 +256,6 @@ impl Settings {
         if js.duplicate_window_seconds < 120 {
             return invalid("jetstream.duplicate_window_seconds", "must be at least 120".into());
         }
-        if js.duplicate_window_seconds > js.max_age_days.saturating_mul(86_400) {
-            // JetStream refuses such a stream; said here, by key, instead of after a minute of start-up retries.
-            return invalid(
-                "jetstream.duplicate_window_seconds",
-                format!(
-                    "{} s is longer than the stream keeps messages (jetstream.max_age_days {})",
-                    js.duplicate_window_seconds, js.max_age_days
-                ),
-            );
-        }
         if js.ack_wait_seconds < 5 {
             return invalid("jetstream.ack_wait_seconds", "must be at least 5".into());
         }
@@ -276,6 +266,16 @@ impl Settings {
             return invalid(
                 "jetstream.max_age_days",
                 format!("must be from 1 to {MAX_AGE_DAYS}, not {}", js.max_age_days),
+            );
+        }
+        if js.duplicate_window_seconds > js.max_age_days.saturating_mul(86_400) {
+            // JetStream refuses such a stream; said here, by key, instead of after a minute of start-up retries.
+            return invalid(
+                "jetstream.duplicate_window_seconds",
+                format!(
+                    "{} s is longer than the stream keeps messages (jetstream.max_age_days {})",
+                    js.duplicate_window_seconds, js.max_age_days
+                ),
             );
         }
         // Below these, every message would be poison or every request refused, or retries would spin.

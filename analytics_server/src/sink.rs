@@ -181,7 +181,15 @@ impl ClickHouseSink {
                     self.metrics.fail("insert");
                     let wait = backoff(attempt, self.settings.max_backoff);
                     tracing::error!(rows, attempt, retry_in_ms = wait.as_millis() as u64, error = %chain(&err), "INSERT failed; batch kept for retry");
-                    self.restore_if_missing(&err).await;
+                    // Bounded, and signalling progress, like an INSERT: DDL may wait for a lock.
+                    let restore = tokio::time::timeout(self.settings.insert_timeout, self.restore_if_missing(&err));
+                    if self
+                        .keeping_alive(&batch.acks, &mut last_progress, restore)
+                        .await
+                        .is_err()
+                    {
+                        tracing::error!("re-creating the missing ClickHouse schema timed out; retrying");
+                    }
                     self.keeping_alive(&batch.acks, &mut last_progress, tokio::time::sleep(wait))
                         .await;
                 }

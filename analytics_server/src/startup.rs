@@ -274,7 +274,8 @@ impl Application {
 /// Runs `task`, one the ingest cannot go on without (it ends only once shutdown has begun). Should it end
 /// before, or panic, the service stops (`shutdown` is cancelled) and [`Application::run_until_stopped`] fails
 /// (`failed`): a pipeline without its sink would pull events and never store them, while `/ready` said ready.
-/// Nothing is lost: what it held unacknowledged is redelivered to the restarted service.
+/// With JetStream nothing is lost: what it held unacknowledged is redelivered to the restarted service (core NATS,
+/// at most once, redelivers nothing).
 async fn essential(
     name: &'static str,
     task: impl Future<Output = ()> + Send + 'static,

@@ -12,6 +12,7 @@ use crate::live::LiveHub;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Shared};
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use fechatter_service::rate_limit::RateLimiter;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::net::SocketAddr;
@@ -27,6 +28,29 @@ pub struct Application {
     state: AppState,
     publisher: Option<AnalyticsPublisher>,
     port: u16,
+}
+
+/// How long a connection's peer may leave sent data unacknowledged, or stay silent through keep-alive probes,
+/// before the connection is closed. A live-update stream to a peer that vanished without closing (a phone
+/// changing networks) otherwise lives on until its token expires: its keep-alive comments fill the kernel's send
+/// buffer without error, and it holds one of the user's 16 stream slots all that time.
+const DEAD_PEER: Duration = Duration::from_secs(60);
+
+/// Makes the kernel detect a vanished peer of `tcp` within about [`DEAD_PEER`]: TCP keep-alive probes while the
+/// connection is idle, and `TCP_USER_TIMEOUT` while sent data waits for its acknowledgement. Best effort: a
+/// connection the options cannot be set on is served all the same.
+pub fn detect_dead_peers(tcp: &mut tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(&*tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(DEAD_PEER / 2)
+        .with_interval(DEAD_PEER / 6)
+        .with_retries(3);
+    if let Err(err) = socket
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(DEAD_PEER)))
+    {
+        tracing::debug!(error = %err, "could not set dead-peer detection on a connection");
+    }
 }
 
 /// Connects to PostgreSQL (waiting up to a minute for it) and applies the migrations.
@@ -151,7 +175,7 @@ impl Application {
         tracing::info!(port, "fechatter_server listening");
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
-        let served = axum::serve(listener, app)
+        let served = axum::serve(listener.tap_io(detect_dead_peers), app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         shutdown.cancel();
@@ -169,5 +193,25 @@ impl Application {
         }
         tracing::info!("fechatter_server stopped");
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_detect_a_vanished_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (accepted, _client) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(address));
+        let (mut tcp, _) = accepted.expect("accept");
+
+        detect_dead_peers(&mut tcp);
+
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().expect("keepalive"));
+        assert_eq!(socket.tcp_user_timeout().expect("user timeout"), Some(DEAD_PEER));
+        assert_eq!(socket.tcp_keepalive_time().expect("idle"), DEAD_PEER / 2);
     }
 }

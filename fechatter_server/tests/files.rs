@@ -252,3 +252,18 @@ async fn an_upload_whose_client_goes_away_leaves_no_staged_file() {
     .await
     .expect("a dropped upload leaves nothing in staging/");
 }
+
+#[tokio::test]
+async fn stored_files_are_readable_by_other_users_of_the_machine() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::start(&[]).await;
+    let alice = app.signup("Alice", "Acme").await;
+    let url = app.upload_file(&alice, b"for the backup").await;
+    let sha256 = url.rsplit('/').next().expect("digest");
+    let stored = fechatter_server::http::storage_path(app.files_dir.path(), alice.workspace_id, sha256);
+
+    let mode = std::fs::metadata(&stored).expect("stored file").permissions().mode() & 0o777;
+
+    // Backups and instances running as another user read the files; the umask may only take bits away.
+    assert_eq!(mode & 0o444, 0o444, "mode {mode:o}");
+}

@@ -15,7 +15,7 @@ mod middleware;
 mod staging;
 mod users;
 
-pub use files::MAX_FILES_PER_UPLOAD;
+pub use files::{MAX_FILES_PER_UPLOAD, storage_path};
 pub use staging::remove_stale as remove_stale_uploads;
 
 use crate::state::AppState;

@@ -1,13 +1,15 @@
 //! Where an upload's parts wait until all of them arrived whole: files in `<files.dir>/staging`, each removed
-//! when dropped unless it was moved into place. A refused upload, and one whose client went away mid-request
-//! (the server then drops the handler wherever it was), leaves nothing behind; only a crash can, and start-up
-//! clears what a crash left ([`remove_stale`]).
+//! when dropped unless it was moved into place. A refused upload, and one whose client went away while it was
+//! received (the server then drops the handler wherever it was), leaves no staged file behind; only a crash can,
+//! and start-up clears what a crash left ([`remove_stale`]). (A part already moved into place stays there if the
+//! request ends before its row commits: it is content-addressed, and a later upload of the same bytes reuses it.)
 
 use crate::error::ApiError;
 use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
 use axum::http::StatusCode;
 use sha2::{Digest as _, Sha256};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempPath;
@@ -80,6 +82,9 @@ async fn receive(mut field: Field<'_>, dir: &Path, max_bytes: usize) -> Result<S
         .collect::<String>();
     let (file, path) = tempfile::Builder::new()
         .prefix("upload-")
+        // Readable as files created by `File::create` are (tempfile's default is owner-only): backups and
+        // instances under another user read the stored files, which keep this file's mode through the rename.
+        .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(internal)?
         .into_parts();
