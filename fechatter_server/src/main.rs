@@ -36,7 +36,7 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
             let dir = std::path::PathBuf::from(args.get(1).context("usage: fechatter_server gen-keys DIR")?);
             std::fs::create_dir_all(&dir).with_context(|| format!("Failed to create {}", dir.display()))?;
             let (private, public) = fechatter_server::auth::tokens::generate_key_pair()?;
-            std::fs::write(dir.join("private.pem"), private).context("Failed to write private.pem")?;
+            write_private(&dir.join("private.pem"), private.as_bytes()).context("Failed to write private.pem")?;
             std::fs::write(dir.join("public.pem"), public).context("Failed to write public.pem")?;
             println!("wrote {0}/private.pem and {0}/public.pem", dir.display());
             Ok(())
@@ -76,4 +76,17 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
                 .context("HTTP server failed")
         }
     }
+}
+
+/// Writes a private key readable by its owner only (0600), from its creation on.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
 }

@@ -69,6 +69,12 @@ impl Stack {
             .output()
             .expect("gen-keys");
         assert!(out.status.success(), "{out:?}");
+        let private = std::fs::metadata(keys.path().join("private.pem")).expect("private key");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&private.permissions()) & 0o777,
+            0o600,
+            "the private key is its owner's alone"
+        );
         let state = TempDir::new().expect("tempdir");
         let chat_env = [
             ("FECHATTER__SERVER__PORT", chat_port.to_string()),
