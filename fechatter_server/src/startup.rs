@@ -87,8 +87,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
-        let pool = connect_database(&settings).await?;
+        // The keys first: a missing key is named at once, not after waiting for the database.
         let keys = JwtKeys::load(&settings.auth)?;
+        let pool = connect_database(&settings).await?;
         crate::http::remove_stale_uploads(&settings.files.dir).await;
         let enabled = settings.features.messaging.enabled;
         let (nats, publisher) = if enabled {

@@ -56,8 +56,17 @@ fn now_seconds() -> u64 {
 }
 
 impl JwtKeys {
-    /// Reads the PEM files named in `settings`.
+    /// Reads the PEM files named in `settings`; an unset path is named with how to make the keys.
     pub fn load(settings: &AuthSettings) -> anyhow::Result<Self> {
+        if settings.private_key_path.as_os_str().is_empty() {
+            anyhow::bail!(
+                "auth.private_key_path is required: an Ed25519 PKCS#8 PEM file (`fechatter_server gen-keys DIR` \
+                 writes a pair)"
+            );
+        }
+        if settings.public_key_path.as_os_str().is_empty() {
+            anyhow::bail!("auth.public_key_path is required: the matching Ed25519 public key PEM file");
+        }
         let private = std::fs::read(&settings.private_key_path).with_context(|| {
             format!(
                 "Failed to read auth.private_key_path {}",
@@ -143,6 +152,22 @@ pub fn generate_key_pair() -> anyhow::Result<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unset_key_paths_are_named_with_how_to_make_the_keys() {
+        let settings = crate::config::AuthSettings {
+            private_key_path: Default::default(),
+            public_key_path: "/k/public.pem".into(),
+            access_token_ttl_seconds: 60,
+            refresh_token_ttl_seconds: 60,
+            issuer: "fechatter".into(),
+        };
+        let err = JwtKeys::load(&settings).err().expect("refused").to_string();
+        assert!(
+            err.contains("auth.private_key_path") && err.contains("gen-keys"),
+            "{err}"
+        );
+    }
 
     fn keys(ttl: u64) -> JwtKeys {
         let (private, public) = generate_key_pair().expect("keys");
