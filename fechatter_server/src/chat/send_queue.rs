@@ -126,16 +126,25 @@ async fn write(pool: &PgPool, batch: Vec<Job>) {
 
 /// Writes `messages` in one statement, or, if that fails, each on its own; the outcome of each, in order.
 pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Result<Sent, sqlx::Error>> {
-    let err = match send_all(pool, &messages).await {
+    let each_fails = |why: String| {
+        messages
+            .iter()
+            .map(|_| Err(sqlx::Error::Protocol(why.clone())))
+            .collect()
+    };
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        // Nothing was written, and each send alone would wait as long again for a connection.
+        Err(err) => return each_fails(format!("no database connection for the sends: {err}")),
+    };
+    let written = store::send_messages(&mut conn, &messages).await;
+    drop(conn);
+    let err = match written {
         Ok(outcomes) => return outcomes.into_iter().map(Ok).collect(),
         Err(err) if messages.len() == 1 && !is_foreign_key_violation(&err) => return vec![Err(err)],
+        // Each send fails (500); a client retrying with its idempotency key gets its message either way.
         Err(err) if !wrote_nothing(&err) => {
-            // Each send fails (500); a client retrying with its idempotency key gets its message either way.
-            let why = format!("batched send statement failed, and may have committed: {err}");
-            return messages
-                .iter()
-                .map(|_| Err(sqlx::Error::Protocol(why.clone())))
-                .collect();
+            return each_fails(format!("batched send statement failed, and may have committed: {err}"));
         }
         Err(err) => err,
     };
@@ -147,16 +156,13 @@ pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Res
     outcomes
 }
 
-/// Whether `err` proves that the statement wrote nothing, so that its sends may be written again: PostgreSQL
-/// refused it (a statement run alone is its own transaction, rolled back on error), or it never reached
-/// PostgreSQL. Any other failure (the connection lost mid-statement, an answer that cannot be read) may have come
+/// Whether `err`, the failure of a statement sent on a connection, proves that the statement wrote nothing, so
+/// that its sends may be written again: PostgreSQL refused it (a statement run alone is its own transaction,
+/// rolled back on error). Any other failure (the connection lost mid-statement, an answer that cannot be read) may have come
 /// after its commit, and writing again would store a second copy of every message sent without an idempotency
 /// key.
 fn wrote_nothing(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::Database(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-    )
+    matches!(err, sqlx::Error::Database(_))
 }
 
 /// Writes one send in a statement of its own. A send whose chat was deleted after its membership check fails
@@ -183,9 +189,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_failures_that_prove_nothing_was_written_let_sends_be_written_again() {
-        assert!(wrote_nothing(&sqlx::Error::PoolTimedOut));
-        assert!(wrote_nothing(&sqlx::Error::PoolClosed));
+    fn only_a_refused_statement_lets_its_sends_be_written_again() {
         let lost = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(
             !wrote_nothing(&lost),
