@@ -74,8 +74,9 @@ impl Slots {
         })
     }
 
-    /// Streams `user_id` has open.
-    pub fn open_for(&self, user_id: i64) -> usize {
+    /// Streams `user_id` has open (for the tests: the server only takes and drops slots).
+    #[cfg(test)]
+    fn open_for(&self, user_id: i64) -> usize {
         let by_user = self.by_user.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         by_user.get(&user_id).copied().unwrap_or(0)
     }
