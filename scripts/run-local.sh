@@ -156,7 +156,12 @@ XML
   <mark_cache_size>268435456</mark_cache_size>
 </yandex>
 XML
-    start_bg clickhouse "$STATE_DIR/logs/clickhouse.log" clickhouse-server --config-file="$CH/config.xml"
+    # The distribution's package installs clickhouse-server; the official single binary is `clickhouse server`.
+    if command -v clickhouse-server >/dev/null 2>&1; then
+        start_bg clickhouse "$STATE_DIR/logs/clickhouse.log" clickhouse-server --config-file="$CH/config.xml"
+    else
+        start_bg clickhouse "$STATE_DIR/logs/clickhouse.log" clickhouse server --config-file="$CH/config.xml"
+    fi
     wait_for "ClickHouse" curl -fsS "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/ping"
     ok "ClickHouse started on $CLICKHOUSE_HTTP_PORT (data $CH/data)"
 fi

@@ -18,6 +18,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
 scripts/install-deps.sh
+# fmt and clippy are rustup components that a minimal toolchain lacks.
+for component in rustfmt:fmt clippy:clippy; do
+    if ! cargo "${component#*:}" --version >/dev/null 2>&1; then
+        command -v rustup >/dev/null 2>&1 || { echo "test.sh: cargo ${component#*:} is missing: install the ${component%%:*} component" >&2; exit 1; }
+        rustup component add "${component%%:*}"
+    fi
+done
 
 step "format (cargo fmt --check)"
 cargo fmt --all -- --check

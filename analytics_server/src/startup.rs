@@ -6,7 +6,7 @@ use crate::config::Settings;
 use crate::dead_letter::{DeadLetterWorkers, DeadLetters};
 use crate::handoff;
 use crate::http::{self, AppState};
-use crate::jetstream::{SetupError, ensure_all};
+use crate::jetstream::{self, SetupError, ensure_all};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, PipelineSettings};
 use crate::schema::{self, SchemaError};
@@ -65,6 +65,22 @@ pub struct Application {
 }
 
 /// Retries `step` with backoff until it succeeds or [`STARTUP_WAIT`] has passed.
+/// In core-NATS mode this service reads no stream, but fechatter_server publishes through JetStream and waits
+/// for its acknowledgements: without the stream `ANALYTICS` its events would wait in its outbox for good. So the
+/// stream is still created, once; failing that (a NATS without JetStream) is logged, not fatal, since this mode
+/// needs no JetStream of its own.
+async fn ensure_stream_for_publishers(client: &async_nats::Client, settings: &Settings) {
+    let js = async_nats::jetstream::new(client.clone());
+    if let Err(err) = jetstream::ensure_stream(&js, settings).await {
+        tracing::warn!(
+            stream = %settings.jetstream.stream,
+            error = %chain(&err),
+            "core NATS mode: the stream could not be created; publishers that wait for JetStream's \
+             acknowledgements (fechatter_server) cannot publish until it exists"
+        );
+    }
+}
+
 async fn with_startup_retries<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
@@ -123,6 +139,8 @@ impl Application {
                 // consumer, and JetStream may still be electing its leader right after NATS started.
                 consumer = Some(with_startup_retries("JetStream set-up", || ensure_all(&js, &settings)).await?);
                 jetstream = Some(js);
+            } else {
+                ensure_stream_for_publishers(&client, &settings).await;
             }
             nats = Some(client);
         } else {

@@ -304,7 +304,7 @@ async fn a_narrow_existing_stream_is_widened_and_keeps_its_messages() {
 }
 
 #[tokio::test]
-async fn core_nats_mode_stores_events_published_while_it_runs() {
+async fn core_nats_mode_stores_events_published_while_it_runs_and_creates_the_stream_for_publishers() {
     let stack = Stack::start().await;
     let app = stack
         .run_in_process(&[("ANALYTICS__INTEGRATIONS__MESSAGING__JETSTREAM_ENABLED", "false")])
@@ -320,6 +320,19 @@ async fn core_nats_mode_stores_events_published_while_it_runs() {
     }
     stack.client.flush().await.expect("flush");
     stack.wait_for_rows(5, WAIT).await;
+
+    // fechatter_server publishes through JetStream and waits for the ack: on this fresh NATS the service
+    // created the stream for it, and the event reaches the core subscription as well.
+    let event = &events(1)[0];
+    let ack = stack
+        .js
+        .publish(event.subject().expect("typed"), event.encode_to_vec().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("JetStream acknowledges: the stream exists in core mode too");
+    assert_eq!(ack.stream, "ANALYTICS");
+    stack.wait_for_rows(6, WAIT).await;
     app.stop().await;
 }
 

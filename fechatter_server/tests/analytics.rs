@@ -531,14 +531,72 @@ async fn the_openapi_document_and_its_ui_are_served() {
     );
 }
 
+/// A pool connected as the API's are (`startup::connect_database`, with its session settings).
+async fn api_pool(app: &TestApp) -> sqlx::PgPool {
+    let settings = fechatter_server::config::Settings::load(None, app.env()).expect("settings");
+    fechatter_server::startup::connect_database(&settings)
+        .await
+        .expect("pool")
+}
+
 #[tokio::test]
 async fn the_api_connections_run_without_jit_compilation() {
     let app = TestApp::start(&[]).await;
-    let settings = fechatter_server::config::Settings::load(None, app.env()).expect("settings");
-    let pool = fechatter_server::startup::connect_database(&settings)
-        .await
-        .expect("pool");
+    let pool = api_pool(&app).await;
     // The outbox-depth count that every /metrics scrape runs was JIT-compiled (~70 ms of CPU) on a long journal.
     let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await.expect("jit");
     assert_eq!(jit, "off");
+}
+
+/// The relay asks whether events wait before every round; on a journal of already relayed sends, the answer must
+/// come from the primary key's newest entries, not from reading the whole journal (a minute of sends), which an
+/// `EXISTS` did: 10-20 ms of PostgreSQL's CPU per round at 30,000 rows.
+#[tokio::test]
+async fn the_relays_check_for_waiting_events_reads_no_whole_journal() {
+    let app = TestApp::start(&[]).await;
+    let pool = api_pool(&app).await;
+    journal_events(&pool, 20_000).await;
+    // As a relay that passed them all leaves it.
+    sqlx::query("UPDATE analytics_journal_cursor SET relayed = pg_current_snapshot(), upper = NULL")
+        .execute(&pool)
+        .await
+        .expect("cursor");
+    assert!(!events_wait(&pool).await, "every event was relayed");
+
+    // A constant of this crate's, not input.
+    let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+        fechatter_server::analytics::journal_relay::WORK_WAITS
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("plan");
+    let blocks = plan[0]["Plan"]["Shared Hit Blocks"].as_u64().unwrap_or(0)
+        + plan[0]["Plan"]["Shared Read Blocks"].as_u64().unwrap_or(0);
+    // The journal's 20,000 rows fill over 100 pages; its newest index entries and the cursor, a handful.
+    assert!(blocks < 20, "the check read {blocks} pages: {plan}");
+
+    // And it still sees a new event.
+    journal_events(&pool, 1).await;
+    assert!(events_wait(&pool).await, "a new event waits");
+}
+
+/// Writes `n` journal rows carrying an event, as message sends do.
+async fn journal_events(pool: &sqlx::PgPool, n: i32) {
+    sqlx::query(
+        "INSERT INTO live_events (notice, event_id, event_subject, event) \
+         SELECT '{}', gen_random_uuid(), 'fechatter.analytics.message.sent', '\\x00' FROM generate_series(1, $1)",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .expect("journal rows");
+}
+
+/// The relay's check before each round.
+async fn events_wait(pool: &sqlx::PgPool) -> bool {
+    sqlx::query_scalar(fechatter_server::analytics::journal_relay::WORK_WAITS)
+        .fetch_one(pool)
+        .await
+        .expect("check")
 }
