@@ -126,6 +126,20 @@ pub async fn ensure_stream(js: &Context, settings: &Settings) -> Result<StreamAc
     ensure(js, want).await
 }
 
+/// Creates the stream named by `jetstream.stream` when it is missing; leaves one that exists as it is. For
+/// core-NATS mode, where this service reads no stream and so has no say in the limits an operator gave it.
+pub async fn create_stream_if_missing(js: &Context, settings: &Settings) -> Result<StreamAction, SetupError> {
+    let want = wanted(settings);
+    match js.get_stream(&want.name).await {
+        Ok(_) => Ok(StreamAction::Unchanged),
+        Err(err) if is_stream_not_found(&err.kind()) => create(js, want).await,
+        Err(err) => Err(SetupError::Lookup {
+            stream: want.name,
+            source: err.into(),
+        }),
+    }
+}
+
 /// Creates the dead-letter stream when missing (it is ours alone, so it is never widened).
 pub async fn ensure_dead_letter_stream(js: &Context, settings: &Settings) -> Result<StreamAction, SetupError> {
     let cfg = &settings.jetstream;
@@ -163,19 +177,21 @@ async fn ensure(js: &Context, want: stream::Config) -> Result<StreamAction, Setu
             tracing::info!(stream = %name, ?changes, "widened JetStream stream");
             Ok(StreamAction::Widened(changes))
         }
-        Err(err) if is_stream_not_found(&err.kind()) => {
-            js.create_stream(want.clone()).await.map_err(|e| SetupError::Create {
-                stream: name.clone(),
-                source: e.into(),
-            })?;
-            tracing::info!(stream = %name, subjects = ?want.subjects, max_age = ?want.max_age, "created JetStream stream");
-            Ok(StreamAction::Created)
-        }
+        Err(err) if is_stream_not_found(&err.kind()) => create(js, want).await,
         Err(err) => Err(SetupError::Lookup {
             stream: name,
             source: err.into(),
         }),
     }
+}
+
+async fn create(js: &Context, want: stream::Config) -> Result<StreamAction, SetupError> {
+    js.create_stream(want.clone()).await.map_err(|e| SetupError::Create {
+        stream: want.name.clone(),
+        source: e.into(),
+    })?;
+    tracing::info!(stream = %want.name, subjects = ?want.subjects, max_age = ?want.max_age, "created JetStream stream");
+    Ok(StreamAction::Created)
 }
 
 fn is_stream_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {

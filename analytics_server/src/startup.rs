@@ -65,22 +65,6 @@ pub struct Application {
 }
 
 /// Retries `step` with backoff until it succeeds or [`STARTUP_WAIT`] has passed.
-/// In core-NATS mode this service reads no stream, but fechatter_server publishes through JetStream and waits
-/// for its acknowledgements: without the stream `ANALYTICS` its events would wait in its outbox for good. So the
-/// stream is still created, once; failing that (a NATS without JetStream) is logged, not fatal, since this mode
-/// needs no JetStream of its own.
-async fn ensure_stream_for_publishers(client: &async_nats::Client, settings: &Settings) {
-    let js = async_nats::jetstream::new(client.clone());
-    if let Err(err) = jetstream::ensure_stream(&js, settings).await {
-        tracing::warn!(
-            stream = %settings.jetstream.stream,
-            error = %chain(&err),
-            "core NATS mode: the stream could not be created; publishers that wait for JetStream's \
-             acknowledgements (fechatter_server) cannot publish until it exists"
-        );
-    }
-}
-
 async fn with_startup_retries<T, E, F, Fut>(what: &str, mut step: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
@@ -139,8 +123,6 @@ impl Application {
                 // consumer, and JetStream may still be electing its leader right after NATS started.
                 consumer = Some(with_startup_retries("JetStream set-up", || ensure_all(&js, &settings)).await?);
                 jetstream = Some(js);
-            } else {
-                ensure_stream_for_publishers(&client, &settings).await;
             }
             nats = Some(client);
         } else {
@@ -201,7 +183,8 @@ impl Application {
             ));
         } else if let Some(nats) = state.nats.clone() {
             let subject = settings.integrations.messaging.subjects.analytics_events.clone();
-            tracker.spawn(source::run_core(nats, subject, in_tx, shutdown.clone()));
+            tracker.spawn(source::run_core(nats.clone(), subject, in_tx, shutdown.clone()));
+            tracker.spawn(create_stream_for_publishers(nats, settings.clone(), shutdown.clone()));
         } else {
             drop(in_tx);
         }
@@ -314,6 +297,34 @@ async fn essential(
         );
         failed.cancel();
         shutdown.cancel();
+    }
+}
+
+/// In core-NATS mode this service reads no stream, but fechatter_server publishes through JetStream and waits for
+/// its acknowledgements: without the stream its events would wait in its outbox for good. So the stream is
+/// created when missing (an existing one is left as its operator set it), tried again with backoff while it
+/// fails (JetStream may still be starting, or be off on this NATS: then once a minute, with a warning) until it
+/// exists or the service stops.
+async fn create_stream_for_publishers(nats: async_nats::Client, settings: Arc<Settings>, shutdown: CancellationToken) {
+    let js = async_nats::jetstream::new(nats);
+    let mut attempt = 0u32;
+    loop {
+        match jetstream::create_stream_if_missing(&js, &settings).await {
+            Ok(_) => return,
+            Err(err) => {
+                attempt += 1;
+                tracing::warn!(
+                    stream = %settings.jetstream.stream,
+                    error = %chain(&err),
+                    "core NATS mode: the stream is missing and could not be created; publishers that wait for \
+                     JetStream's acknowledgements (fechatter_server) cannot publish until it exists"
+                );
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff(attempt, Duration::from_secs(60))) => {}
+        }
     }
 }
 

@@ -360,3 +360,27 @@ async fn a_backlog_ends_without_waiting_for_the_flush_interval() {
     app.stop().await;
     assert_eq!(stack.count_final().await, 1235, "shutdown flushes it");
 }
+
+/// Core-NATS mode reads no stream, so it leaves the limits an operator gave the stream as they are (JetStream
+/// mode widens them: it reads every event from the stream and must lose none to a limit).
+#[tokio::test]
+async fn core_nats_mode_leaves_an_existing_stream_as_it_is() {
+    let stack = Stack::start().await;
+    stack
+        .js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "ANALYTICS".into(),
+            subjects: vec!["fechatter.analytics.>".into()],
+            max_messages: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("operator's stream");
+    let app = stack
+        .run_in_process(&[("ANALYTICS__INTEGRATIONS__MESSAGING__JETSTREAM_ENABLED", "false")])
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut stream = stack.js.get_stream("ANALYTICS").await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").config.max_messages, 1000);
+    app.stop().await;
+}

@@ -579,16 +579,38 @@ async fn the_relays_check_for_waiting_events_reads_no_whole_journal() {
     // And it still sees a new event.
     journal_events(&pool, 1).await;
     assert!(events_wait(&pool).await, "a new event waits");
+
+    // Rows above the cursor's oldest running transaction but already relayed are passed over, and the event
+    // of a transaction that was running at the cursor's snapshot, committed since, is seen.
+    let mut running = pool.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *running)
+        .await
+        .expect("xid");
+    for _ in 0..3 {
+        journal_events(&pool, 100).await;
+    }
+    sqlx::query("UPDATE analytics_journal_cursor SET relayed = pg_current_snapshot(), upper = NULL")
+        .execute(&pool)
+        .await
+        .expect("cursor");
+    assert!(
+        !events_wait(&pool).await,
+        "the rows after the running transaction were relayed"
+    );
+    journal_events(&mut *running, 1).await;
+    running.commit().await.expect("commit");
+    assert!(events_wait(&pool).await, "the running transaction's event waits");
 }
 
 /// Writes `n` journal rows carrying an event, as message sends do.
-async fn journal_events(pool: &sqlx::PgPool, n: i32) {
+async fn journal_events<'c>(conn: impl sqlx::PgExecutor<'c>, n: i32) {
     sqlx::query(
         "INSERT INTO live_events (notice, event_id, event_subject, event) \
          SELECT '{}', gen_random_uuid(), 'fechatter.analytics.message.sent', '\\x00' FROM generate_series(1, $1)",
     )
     .bind(n)
-    .execute(pool)
+    .execute(conn)
     .await
     .expect("journal rows");
 }

@@ -33,7 +33,7 @@ pub async fn relay_once(
     metrics: &Metrics,
 ) -> Result<Round, sqlx::Error> {
     // Most rounds of a quiet chat find nothing: ask without the lock, which would give the round a transaction
-    // id and a commit to flush.
+    // id and a commit to write.
     if !work_waits(pool).await? {
         return Ok(Round::default());
     }

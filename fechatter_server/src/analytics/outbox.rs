@@ -121,9 +121,10 @@ pub struct RelaySettings {
 }
 
 /// How long a woken relay waits for the rows committing alongside the one that woke it. Each round is a
-/// transaction whose commit waits for the disk; at 5 ms, sends with analytics on ran at 0.78-0.80 of sends without
-/// it (`send_bench`, durable PostgreSQL), at 20 ms at 0.87-0.96; once sends were group-committed (and so faster),
-/// 0.84-0.89 at 20 ms and 0.95 at 50 ms. Events reach JetStream 45 ms later; nobody waits for them.
+/// transaction, a dozen statements; when its commit still waited for the disk, at 5 ms, sends with analytics on
+/// ran at 0.78-0.80 of sends without it (`send_bench`, durable PostgreSQL), at 20 ms at 0.87-0.96; once sends were
+/// group-committed (and so faster), 0.84-0.89 at 20 ms and 0.95 at 50 ms. Events reach JetStream 45 ms later;
+/// nobody waits for them. (Not measured again since rounds commit without waiting for the disk.)
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// What one relay round did.
@@ -161,9 +162,10 @@ pub(super) async fn publish_round(
 /// Commits a relay round that recorded what JetStream acknowledged, without waiting for the commit to reach the
 /// disk (`synchronous_commit = off` for this transaction alone).
 ///
-/// Losing such a commit (PostgreSQL crashing within the ~0.6 s before its background writer flushes it) is the
-/// same as a relay crashing between the acks and its commit, which the relay survives anyway: the rows are
-/// published again, JetStream drops the copies by `Nats-Msg-Id`, ClickHouse collapses any later one. Nothing
+/// Losing such a commit (PostgreSQL crashing before its WAL writer flushes it, within 3 × `wal_writer_delay`,
+/// 0.6 s by default) is the same as a relay crashing between the acks and its commit, which the relay survives
+/// anyway: the rows are published again, JetStream drops the copies within its duplicate window, and ClickHouse
+/// collapses later ones (every query reads with `FINAL`). Nothing
 /// else can outrun the lost commit: the write-ahead log is flushed in order, so a later commit that acted on this
 /// one (the journal's pruning reading the cursor) reaching the disk brings this one with it. What it saves: one
 /// disk flush per round, which the message sends' own commits would otherwise queue behind.
