@@ -622,3 +622,32 @@ async fn events_wait(pool: &sqlx::PgPool) -> bool {
         .await
         .expect("check")
 }
+
+/// A relay round's commit does not wait for the disk (losing it only publishes its events again, which the
+/// dedup absorbs); the setting ends with the round, so the connection goes back to the pool as it was.
+#[tokio::test]
+async fn a_relay_round_commits_without_waiting_for_the_disk_and_alone() {
+    let app = TestApp::start(&[]).await;
+    let settings = fechatter_server::config::Settings::load(None, app.env()).expect("settings");
+    // One connection that commits durably by default (the tests' server does not: it runs without fsync).
+    let options: sqlx::postgres::PgConnectOptions = settings.database.url.parse().expect("url");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.options([("synchronous_commit", "on")]))
+        .await
+        .expect("pool");
+    let mut round = fechatter_server::analytics::outbox::begin_round(&pool)
+        .await
+        .expect("round");
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *round)
+        .await
+        .expect("show");
+    assert_eq!(setting, "off");
+    round.commit().await.expect("commit");
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+    assert_eq!(setting, "on", "the same connection, after the round");
+}

@@ -17,7 +17,7 @@
 //! is not below `relayed`'s oldest running transaction (`pg_snapshot_xmin`), so an event waits in the journal
 //! for as long as NATS is away, as the outbox's rows do.
 
-use super::outbox::{Round, commit_without_waiting_for_disk, publish_round};
+use super::outbox::{Round, begin_round, publish_round};
 use super::publisher::{AnalyticsPublisher, Encoded, PublishError};
 use crate::metrics::Metrics;
 use fechatter_protos::type_name_from_subject;
@@ -37,7 +37,7 @@ pub async fn relay_once(
     if !work_waits(pool).await? {
         return Ok(Round::default());
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_round(pool).await?;
     let cursor = sqlx::query(
         "SELECT relayed::text, upper::text, after_xid::text, after_id, \
              pg_snapshot_xmax(relayed) > pg_snapshot_xmax(pg_current_snapshot()) AS from_the_future \
@@ -155,8 +155,7 @@ pub async fn relay_once(
             .execute(&mut *tx)
             .await?;
     }
-    // Even a round that moved nothing wrote: its lock on the cursor's row.
-    commit_without_waiting_for_disk(tx).await?;
+    tx.commit().await?;
     let passed_over = corrupted.iter().filter(|&&p| p < published).count();
     metrics.events_published.inc_by((published - passed_over) as u64);
     Ok(Round {

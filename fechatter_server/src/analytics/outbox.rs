@@ -159,23 +159,19 @@ pub(super) async fn publish_round(
     }
 }
 
-/// Commits a relay round that recorded what JetStream acknowledged, without waiting for the commit to reach the
-/// disk (`synchronous_commit = off` for this transaction alone).
+/// Begins a relay round's transaction, set so that its commit does not wait for the disk
+/// (`synchronous_commit = off`, for this transaction alone; sent with the `BEGIN`, so it costs no round trip).
 ///
-/// Losing such a commit (PostgreSQL crashing before its WAL writer flushes it, within 3 × `wal_writer_delay`,
-/// 0.6 s by default) is the same as a relay crashing between the acks and its commit, which the relay survives
-/// anyway: the rows are published again, JetStream drops the copies within its duplicate window, and ClickHouse
-/// collapses later ones (every query reads with `FINAL`). Nothing
-/// else can outrun the lost commit: the write-ahead log is flushed in order, so a later commit that acted on this
-/// one (the journal's pruning reading the cursor) reaching the disk brings this one with it. What it saves: one
-/// disk flush per round, which the message sends' own commits would otherwise queue behind.
-pub(super) async fn commit_without_waiting_for_disk(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+/// A round's commit records what JetStream acknowledged: outbox rows deleted, the journal's cursor moved.
+/// Losing it (PostgreSQL crashing before its WAL writer flushes it, within 3 × `wal_writer_delay`, 0.6 s by
+/// default) is the same as a relay crashing between the acks and its commit, which the relay survives anyway:
+/// the rows are published again, JetStream drops the copies within its duplicate window, and ClickHouse
+/// collapses later ones (every query reads with `FINAL`). Nothing else can outrun the lost commit: the
+/// write-ahead log is flushed in order, so a later commit that acted on this one (the journal's pruning reading
+/// the cursor) reaching the disk brings this one with it. What it saves: one disk flush per round, which the
+/// message sends' own commits would otherwise queue behind.
+pub async fn begin_round(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await
 }
 
 /// Publishes up to `batch_size` outbox rows, except those of `parked`, and deletes those JetStream
@@ -187,7 +183,7 @@ pub async fn relay_once(
     parked: &[i64],
     metrics: &Metrics,
 ) -> Result<Round, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = begin_round(pool).await?;
     let rows = sqlx::query(
         // `NOT IN (SELECT unnest …)` and not `<> ALL($2)`: PostgreSQL hashes the subquery's ids, while it would
         // compare each row with every parked id in turn.
@@ -245,12 +241,7 @@ pub async fn relay_once(
             .execute(&mut *tx)
             .await?;
     }
-    if claimed == 0 {
-        // Locked nothing, wrote nothing: nothing to flush.
-        tx.commit().await?;
-    } else {
-        commit_without_waiting_for_disk(tx).await?;
-    }
+    tx.commit().await?;
     metrics.events_published.inc_by(published as u64);
     Ok(Round {
         claimed,
