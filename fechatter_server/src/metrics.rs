@@ -40,8 +40,10 @@ pub struct Metrics {
     pub events_published: Counter,
     /// Analytics publish attempts that failed (the event stays in the outbox).
     pub publish_failures: Counter,
-    /// Rows waiting in the outbox, read at scrape time.
+    /// Rows waiting in the outbox, counted by a scrape at most every 5 s (see `http::health`).
     pub outbox_depth: Gauge,
+    /// When `outbox_depth` was last counted; held while a scrape counts.
+    pub outbox_depth_counted: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Messages written per send statement (see `chat::send_queue`).
     pub send_batch_size: Histogram,
 }
@@ -67,6 +69,7 @@ impl Metrics {
             events_published: Counter::default(),
             publish_failures: Counter::default(),
             outbox_depth: Gauge::default(),
+            outbox_depth_counted: tokio::sync::Mutex::new(None),
             send_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             registry: Registry::default(),
         };

@@ -651,3 +651,20 @@ async fn a_relay_round_commits_without_waiting_for_the_disk_and_alone() {
         .expect("show");
     assert_eq!(setting, "on", "the same connection, after the round");
 }
+
+/// `/metrics` answers anyone, and the outbox depth is a count of every waiting row: scrapes count it at most
+/// every 5 s, the others report the last count.
+#[tokio::test]
+async fn scrapes_count_the_outbox_depth_at_most_every_five_seconds() {
+    let mut app = TestApp::start(&[]).await;
+    let alice = app.direct_user("Alice", None).await;
+    app.nats.stop().await;
+    let first = sample(&app.metrics().await, "fechatter_analytics_outbox_depth");
+    act(&app, &alice, 1).await;
+    assert!(app.outbox_depth().await as f64 > first, "the action's events wait");
+    let second = sample(&app.metrics().await, "fechatter_analytics_outbox_depth");
+    assert_eq!(second, first, "not counted again so soon");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let third = sample(&app.metrics().await, "fechatter_analytics_outbox_depth");
+    assert_eq!(third, app.outbox_depth().await as f64, "counted again after 5 s");
+}

@@ -53,6 +53,19 @@ async fn an_uploaded_file_is_stored_by_content_and_downloaded_by_workspace_membe
         .await
         .expect("download");
     assert_eq!(response.status(), StatusCode::OK);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("content-type"), "text/plain");
+    assert_eq!(header("content-disposition"), "attachment; filename=\"hello.txt\"");
+    // The browser takes the uploader's type as given and runs nothing of the file's.
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    assert!(header("content-security-policy").starts_with("sandbox"));
     assert_eq!(response.bytes().await.expect("bytes").to_vec(), content);
     // Someone from another workspace gets 404, as for a file that does not exist.
     let (status, body) = app.get(&url, &mallory).await;

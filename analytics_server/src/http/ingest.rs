@@ -108,11 +108,16 @@ pub fn prepare(
     let ctx = event.context.get_or_insert_with(Default::default);
     if ctx.event_id.is_empty() {
         ctx.event_id = Uuid::now_v7().to_string();
-    } else if Uuid::parse_str(&ctx.event_id).is_err() {
-        return Err(ApiError::bad_request(
-            "invalid_event_id",
-            format!("{which}context.eventId {:?} is not a UUID", truncate(&ctx.event_id, 64)),
-        ));
+    } else {
+        let Ok(id) = Uuid::parse_str(&ctx.event_id) else {
+            return Err(ApiError::bad_request(
+                "invalid_event_id",
+                format!("{which}context.eventId {:?} is not a UUID", truncate(&ctx.event_id, 64)),
+            ));
+        };
+        // One spelling per id (lower case, hyphenated), whatever the client sent: the id is JetStream's dedup
+        // key and ClickHouse's, so "ABC…" and "abc…", or a braced or `urn:uuid:` form, would be two events.
+        ctx.event_id = id.hyphenated().to_string();
     }
     ctx.server_ts = now_ms;
     ctx.ip = ip.to_owned();
@@ -454,6 +459,24 @@ mod tests {
             encoding(&HeaderMap::new()).expect_err("no").status,
             StatusCode::UNSUPPORTED_MEDIA_TYPE
         );
+    }
+
+    #[test]
+    fn an_event_id_is_kept_in_one_spelling() {
+        let canonical = "0192f3c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6";
+        for spelling in [
+            canonical.to_uppercase(),
+            canonical.replace('-', ""),
+            format!("{{{canonical}}}"),
+            format!("urn:uuid:{canonical}"),
+        ] {
+            let mut event = sample_events().remove(2);
+            if let Some(ctx) = event.context.as_mut() {
+                ctx.event_id = spelling.clone();
+            }
+            prepare(&mut event, None, 42, "10.0.0.1", None).expect("valid");
+            assert_eq!(event.event_id(), canonical, "{spelling}");
+        }
     }
 
     #[test]

@@ -234,6 +234,13 @@ async fn download(
             (header::CONTENT_TYPE, content_type),
             (header::CONTENT_LENGTH, size.to_string()),
             (header::CONTENT_DISPOSITION, disposition),
+            // The type is the uploader's word: a browser must not guess another (HTML in a "text/plain"), and
+            // content opened in the app's origin anyway (a web client's blob: URL) runs nothing.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "sandbox; default-src 'none'".to_owned(),
+            ),
         ],
         body,
     )

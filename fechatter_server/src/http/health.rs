@@ -54,12 +54,30 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+/// Scrapes count the outbox depth at most this often. The count reads every waiting row (a long outage leaves
+/// many) and `/metrics` answers anyone: a flood of scrapes must not become a flood of counts holding the pool's
+/// connections.
+const DEPTH_REFRESH: Duration = Duration::from_secs(5);
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    if let Ok(Ok(depth)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.pool)).await {
-        state.metrics.outbox_depth.set(depth);
-    }
+    refresh_outbox_depth(&state).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),
     )
+}
+
+/// Counts the outbox depth unless it was counted within [`DEPTH_REFRESH`] or another scrape is counting it now
+/// (those report the last count).
+async fn refresh_outbox_depth(state: &AppState) {
+    let Ok(mut counted) = state.metrics.outbox_depth_counted.try_lock() else {
+        return;
+    };
+    if counted.is_some_and(|at| at.elapsed() < DEPTH_REFRESH) {
+        return;
+    }
+    if let Ok(Ok(depth)) = tokio::time::timeout(CHECK_TIMEOUT, outbox::depth(&state.pool)).await {
+        state.metrics.outbox_depth.set(depth);
+    }
+    *counted = Some(std::time::Instant::now());
 }
