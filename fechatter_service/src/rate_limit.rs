@@ -2,14 +2,16 @@
 //! the `governor` crate). Both services use it: the chat API on sign-in and sign-up (password guessing, sign-up
 //! floods), the ingester on HTTP ingest (one client flooding the stream).
 //!
-//! The key is the peer address of the connection, never a forwarded-for header a client could forge. Memory is
-//! bounded: once more than [`PRUNE_ABOVE`] callers are tracked, those whose allowance has fully recovered are
-//! dropped.
+//! The key is the peer address of the connection, never a forwarded-for header a client could forge; an IPv6
+//! address counts by its /64 network, which one subscriber gets whole (a per-address key would give them 2^64
+//! allowances). Memory is bounded: once more than [`PRUNE_ABOVE`] callers are tracked, those whose allowance has
+//! fully recovered are dropped, at most once a second (the pruning walks every caller).
 
 use governor::{DefaultKeyedRateLimiter, Quota};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Tracked callers above which fully recovered ones are forgotten.
 const PRUNE_ABOVE: usize = 10_000;
@@ -17,6 +19,22 @@ const PRUNE_ABOVE: usize = 10_000;
 /// Allows each caller `limit` requests per period, in bursts of up to `limit`.
 pub struct RateLimiter {
     inner: DefaultKeyedRateLimiter<IpAddr>,
+    pruned: Mutex<Option<Instant>>,
+}
+
+/// Shortest time between two prunings.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// The key `caller` counts under: an IPv4 address (also when written as IPv4-mapped IPv6) as it is, an IPv6
+/// address by its /64 network.
+fn key(caller: IpAddr) -> IpAddr {
+    match caller {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
 }
 
 impl RateLimiter {
@@ -33,15 +51,29 @@ impl RateLimiter {
             .allow_burst(burst);
         Self {
             inner: DefaultKeyedRateLimiter::keyed(quota),
+            pruned: Mutex::new(None),
         }
     }
 
     /// Counts a request by `caller`; false when it is over the limit.
     pub fn check(&self, caller: IpAddr) -> bool {
         if self.inner.len() > PRUNE_ABOVE {
-            self.inner.retain_recent();
+            self.prune();
         }
-        self.inner.check_key(&caller).is_ok()
+        self.inner.check_key(&key(caller)).is_ok()
+    }
+
+    /// Drops the callers whose allowance has recovered, unless that was done within [`PRUNE_EVERY`] or another
+    /// request is doing it now.
+    fn prune(&self) {
+        let Ok(mut pruned) = self.pruned.try_lock() else {
+            return;
+        };
+        if pruned.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.inner.retain_recent();
+        *pruned = Some(Instant::now());
     }
 }
 
@@ -59,6 +91,21 @@ mod tests {
         assert!(limiter.check(other), "limits are per caller");
         std::thread::sleep(Duration::from_millis(120));
         assert!(limiter.check(ip), "the allowance recovers over the period");
+    }
+
+    #[test]
+    fn an_ipv6_caller_counts_by_its_64_network_and_mapped_ipv4_as_ipv4() {
+        let limiter = RateLimiter::per_minute(1);
+        let one: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let same_network: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("v6");
+        let next_network: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        assert!(limiter.check(one));
+        assert!(!limiter.check(same_network), "one allowance per /64");
+        assert!(limiter.check(next_network));
+        let v4: IpAddr = [192, 0, 2, 7].into();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("mapped");
+        assert!(limiter.check(v4));
+        assert!(!limiter.check(mapped), "the same IPv4 caller");
     }
 
     #[test]
