@@ -122,6 +122,8 @@ pub struct FileSettings {
     pub dir: PathBuf,
     /// Largest upload, bytes.
     pub max_upload_bytes: usize,
+    /// Most bytes of files one workspace may store (a file stored already costs nothing more).
+    pub max_workspace_bytes: u64,
 }
 
 impl Settings {
@@ -157,6 +159,9 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
+        }
+        if self.files.max_workspace_bytes == 0 {
+            return invalid("files.max_workspace_bytes", "must be at least 1");
         }
         if self.auth.access_token_ttl_seconds == 0 || self.auth.refresh_token_ttl_seconds == 0 {
             return invalid("auth.access_token_ttl_seconds", "token lifetimes must be positive");

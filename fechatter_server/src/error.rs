@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 413: body too large.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 413: storing the upload would take the workspace past its storage quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// 415: the body is not of the type the route takes; the message names the type expected.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -51,7 +54,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(..) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,6 +69,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::UnsupportedMediaType(_) => "unsupported_content_type",
             Self::TooManyRequests(_) => "rate_limited",
             Self::Internal(_) => "internal",

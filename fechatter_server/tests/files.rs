@@ -38,12 +38,7 @@ async fn an_uploaded_file_is_stored_by_content_and_downloaded_by_workspace_membe
     assert_eq!(file["size"], content.len());
     let url = file["url"].as_str().expect("url").to_owned();
     assert_eq!(url, format!("/api/files/{}/{sha}", alice.workspace_id));
-    let on_disk = app
-        .files_dir
-        .path()
-        .join(alice.workspace_id.to_string())
-        .join(&sha[..2])
-        .join(&sha);
+    let on_disk = fechatter_server::http::storage_path(app.files_dir.path(), alice.workspace_id, &sha);
     assert_eq!(std::fs::read(on_disk).expect("stored"), content);
 
     // A member of the workspace downloads it.
@@ -221,12 +216,7 @@ async fn a_refused_part_refuses_the_whole_upload() {
     assert_eq!(app.outbox_events("fechatter.analytics.file.uploaded").await.len(), 0);
     assert_eq!(staged_files(&app), 0);
     let sha = hex::encode(Sha256::digest(&small));
-    let placed = app
-        .files_dir
-        .path()
-        .join(alice.workspace_id.to_string())
-        .join(&sha[..2])
-        .join(&sha);
+    let placed = fechatter_server::http::storage_path(app.files_dir.path(), alice.workspace_id, &sha);
     assert!(!placed.exists(), "the first part was not moved into place either");
 }
 
@@ -279,4 +269,37 @@ async fn stored_files_are_readable_by_other_users_of_the_machine() {
 
     // Backups and instances running as another user read the files; the umask may only take bits away.
     assert_eq!(mode & 0o444, 0o444, "mode {mode:o}");
+}
+
+/// A workspace stores at most `files.max_workspace_bytes` of files: an upload past it is refused whole (413
+/// `quota_exceeded`, nothing stored), content stored already costs nothing, and other workspaces keep their own.
+#[tokio::test]
+async fn a_workspace_stores_no_more_than_its_quota() {
+    let app = TestApp::start(&[("FECHATTER__FILES__MAX_WORKSPACE_BYTES", "50")]).await;
+    let alice = app.direct_user("Alice", None).await;
+    let carol = app.direct_user("Carol", None).await;
+    let first = vec![b'a'; 30];
+    let (status, body) = upload(&app, &alice, "a.txt", first.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The same content again: stored already, so within the quota.
+    let (status, body) = upload(&app, &alice, "again.txt", first).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let second = vec![b'b'; 30];
+    let (status, body) = upload(&app, &alice, "b.txt", second.clone()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"], "quota_exceeded");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("files.max_workspace_bytes"), "{message}");
+    let sha = hex::encode(Sha256::digest(&second));
+    let (status, _) = app
+        .get(&format!("/api/files/{}/{sha}", alice.workspace_id), &alice)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing of the refused upload is stored");
+    let on_disk = fechatter_server::http::storage_path(app.files_dir.path(), alice.workspace_id, &sha);
+    assert!(!on_disk.exists(), "nor on disk");
+
+    // Another workspace has its own quota.
+    let (status, body) = upload(&app, &carol, "b.txt", second).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }

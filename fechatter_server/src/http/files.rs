@@ -4,7 +4,7 @@
 //! validated hex digest and numeric ids, never from user-supplied names: path traversal is impossible. An upload
 //! holds 1 to [`MAX_FILES_PER_UPLOAD`] non-empty files and is stored all or nothing.
 
-use super::staging::{Staged, internal, place, receive_all};
+use super::staging::{Received, Staged, internal, place, receive_all};
 use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{FileDownloadedEvent, FileUploadedEvent};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use utoipa::ToSchema;
@@ -129,7 +129,9 @@ pub fn storage_path(root: &Path, workspace_id: i64, sha256: &str) -> PathBuf {
     responses((status = 201, body = Uploaded),
         (status = 400, description = "No file part (`no_files`), more than 10 (`too_many_files`), an empty file \
             (`empty_file`), or a malformed body"),
-        (status = 401), (status = 413)),
+        (status = 401), (status = 413, description = "A file over `files.max_upload_bytes` \
+            (`payload_too_large`), or more than the workspace may still store (`quota_exceeded`: \
+            `files.max_workspace_bytes`)")),
     security(("bearer" = [])))]
 async fn upload(
     State(state): State<AppState>,
@@ -145,6 +147,13 @@ async fn upload(
             "the multipart body holds no file part",
         ));
     }
+    check_quota(
+        &state.pool,
+        user.workspace_id,
+        staged.iter().map(|s| &s.file),
+        state.settings.files.max_workspace_bytes,
+    )
+    .await?;
     let mut received = Vec::with_capacity(staged.len());
     // On an error, the parts not yet placed are dropped with the iterator, and so removed.
     for Staged { path, file } in staged {
@@ -188,6 +197,47 @@ async fn upload(
         })
         .collect();
     Ok((StatusCode::CREATED, Json(Uploaded { files })))
+}
+
+/// Refuses an upload that would take the workspace past `max_bytes` of stored files, counting only the files it
+/// does not store already (content-addressed: the same content is stored once). Checked before anything is
+/// placed, without a lock: uploads running at once may each pass it, by up to one upload's size each.
+async fn check_quota<'a>(
+    pool: &PgPool,
+    workspace_id: i64,
+    files: impl Iterator<Item = &'a Received>,
+    max_bytes: u64,
+) -> Result<(), ApiError> {
+    let mut new: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for file in files {
+        new.insert(file.sha256.as_str(), file.size);
+    }
+    let hashes: Vec<&str> = new.keys().copied().collect();
+    let row = sqlx::query(
+        "SELECT COALESCE(sum(size_bytes), 0)::BIGINT AS used, \
+             COALESCE(array_agg(sha256) FILTER (WHERE sha256 = ANY($2)), '{}') AS stored \
+         FROM files WHERE workspace_id = $1",
+    )
+    .bind(workspace_id)
+    .bind(&hashes)
+    .fetch_one(pool)
+    .await?;
+    let used: i64 = row.try_get("used")?;
+    let stored: Vec<String> = row.try_get("stored")?;
+    let adding: i64 = new
+        .iter()
+        .filter(|(sha, _)| !stored.iter().any(|s| s == *sha))
+        .map(|(_, size)| size)
+        .sum();
+    let used = u64::try_from(used).unwrap_or(0);
+    let adding = u64::try_from(adding).unwrap_or(0);
+    if adding > 0 && used.saturating_add(adding) > max_bytes {
+        return Err(ApiError::QuotaExceeded(format!(
+            "the workspace stores {used} bytes of files; these {adding} more would pass its \
+             {max_bytes} (files.max_workspace_bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Download a file of the caller's workspace.
