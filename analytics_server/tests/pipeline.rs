@@ -384,3 +384,63 @@ async fn core_nats_mode_leaves_an_existing_stream_as_it_is() {
     assert_eq!(stream.info().await.expect("info").config.max_messages, 1000);
     app.stop().await;
 }
+
+/// `redrive` re-publishes the dead letters an operator chooses (here: a batch over `server.max_batch_events`, the
+/// limit raised since), which are then stored once and removed from the dead-letter stream; the others stay, and
+/// a second redrive finds nothing more to do.
+#[tokio::test]
+async fn redrive_stores_the_dead_letters_that_are_poison_no_longer() {
+    use analytics_server::cli::{RedriveArgs, redrive};
+    let stack = Stack::start().await;
+    let strict = stack
+        .run_in_process(&[("ANALYTICS__SERVER__MAX_BATCH_EVENTS", "2")])
+        .await;
+    stack
+        .publish_raw(
+            BATCH_SUBJECT,
+            BatchRecordEventsRequest { events: events(3) }.encode_to_vec(),
+        )
+        .await;
+    stack
+        .publish_raw("fechatter.analytics.user.login", vec![0xff, 0xff, 0xff, 0x01])
+        .await;
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 2);
+    strict.stop().await;
+
+    let app = stack.run_in_process(&[]).await;
+    let settings = stack.settings(&[]);
+    let only = RedriveArgs {
+        reason: Some("too_many_events".into()),
+        dry_run: true,
+    };
+    let listed = redrive(&stack.js, &settings, &only).await.expect("dry run");
+    assert_eq!((listed.redriven, listed.passed_over), (1, 1));
+    assert_eq!(
+        stack.stream_messages("ANALYTICS_DLQ").await,
+        2,
+        "a dry run changes nothing"
+    );
+
+    let done = redrive(
+        &stack.js,
+        &settings,
+        &RedriveArgs {
+            dry_run: false,
+            ..only.clone()
+        },
+    )
+    .await
+    .expect("redrive");
+    assert_eq!((done.redriven, done.passed_over, done.cut), (1, 1, 0));
+    stack.wait_for_rows(3, WAIT).await;
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 1, "the garbage stays");
+
+    let again = redrive(&stack.js, &settings, &RedriveArgs { dry_run: false, ..only })
+        .await
+        .expect("second redrive");
+    assert_eq!(again.redriven, 0);
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.count_final().await, 3);
+    app.stop().await;
+}

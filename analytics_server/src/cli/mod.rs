@@ -1,6 +1,6 @@
 //! The operator commands of the `analytics_server` binary besides serving: watching events live, showing the
-//! stream and consumer state, repairing the JetStream set-up, checking a publisher's settings and probing the
-//! whole path with a test event. There is no `nats` CLI in the distributions, so the project's scripts
+//! stream and consumer state, repairing the JetStream set-up, re-publishing dead letters, checking a publisher's
+//! settings and probing the whole path with a test event. There is no `nats` CLI in the distributions, so the project's scripts
 //! (`scripts/fix-analytics-connection.sh`) use these instead.
 //!
 //! Every command reads the same configuration as the server (`analytics.yml`, `ANALYTICS_CONFIG`,
@@ -9,10 +9,12 @@
 mod check;
 mod monitor;
 mod probe;
+mod redrive;
 mod status;
 
 pub use check::{PublisherSettings, check_publisher};
 pub use monitor::{EventFilter, MonitorArgs};
+pub use redrive::{RedriveArgs, Report as RedriveReport, redrive};
 
 use crate::config::Settings;
 use anyhow::Context as _;
@@ -47,6 +49,9 @@ pub enum Command {
     },
     /// Create or widen the ANALYTICS stream, the dead-letter stream and the durable consumer (never narrows).
     EnsureStream,
+    /// Re-publish dead letters on their original subjects (poison no longer: a limit raised, a newer build) and
+    /// remove each from the dead-letter stream once acknowledged; what is still poison comes back.
+    Redrive(RedriveArgs),
     /// Check that a publisher's analytics settings agree with this service's (the JSON printed by
     /// `fechatter_server analytics-config`; `-` reads standard input).
     CheckPublisher {
@@ -70,6 +75,7 @@ pub async fn run(command: Command) -> anyhow::Result<bool> {
         Command::Monitor(args) => monitor::run(&settings, args).await.map(|()| true),
         Command::Status { json } => status::run(&settings, json).await,
         Command::EnsureStream => status::ensure(&settings).await,
+        Command::Redrive(args) => redrive::run(&settings, &args).await,
         Command::CheckPublisher { file } => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("reading the publisher settings from stdin")?

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 /// `nats-server` started without `-js`). Asks `$JS.API.INFO` directly: a server without JetStream has no
 /// responder there, and the raw answer parses on every server version (the crate's typed account info does
 /// not on nats-server 2.9).
-async fn jetstream_context(settings: &Settings, name: &str) -> anyhow::Result<Context> {
+pub(super) async fn jetstream_context(settings: &Settings, name: &str) -> anyhow::Result<Context> {
     let client = super::connect_nats(settings, name).await?;
     let url = &settings.integrations.messaging.nats_url;
     let not_enabled = || format!("JetStream is not enabled on {url} (start nats-server with -js / --jetstream)");

@@ -1,0 +1,121 @@
+//! `analytics_server redrive`: publishes dead-lettered messages again on their original subjects, for poison that
+//! is poison no longer (a limit raised since, a build that knows a newer event type), and removes each from the
+//! dead-letter stream once JetStream has acknowledged its re-publication.
+//!
+//! Nothing is lost either way: a message still poison is dead-lettered again by the ingester; one re-published
+//! twice (a redrive stopped between the ack and the removal, then run again) carries the same `Nats-Msg-Id`, which
+//! JetStream drops inside its duplicate window, and its events collapse in ClickHouse by `event_id` after it. A
+//! copy cut to fit (`Fechatter-Original-Size`) holds only the start of its payload: it is left where it is.
+
+use super::status::jetstream_context;
+use crate::config::Settings;
+use crate::dead_letter::{HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_SUBJECT};
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+
+/// Options of `redrive`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RedriveArgs {
+    /// Only the messages dead-lettered for this reason (`too_many_events`, `missing_event_type`, …, as `status`
+    /// and the `Fechatter-Error-Reason` header name them).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// List what would be re-published, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What a redrive did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Re-published (acknowledged) and removed from the dead-letter stream; with `--dry-run`, those that would be.
+    pub redriven: u64,
+    /// Left: cut to fit, so not whole.
+    pub cut: u64,
+    /// Left: of another reason than `--reason`, or without an original subject.
+    pub passed_over: u64,
+}
+
+/// Runs `redrive` and prints what it did; `Ok(true)` when everything chosen was re-published.
+pub async fn run(settings: &Settings, args: &RedriveArgs) -> anyhow::Result<bool> {
+    let js = jetstream_context(settings, "analytics_server redrive").await?;
+    let report = redrive(&js, settings, args).await?;
+    let verb = if args.dry_run {
+        "would re-publish"
+    } else {
+        "re-published"
+    };
+    println!(
+        "{verb} {} dead letter(s); left {} cut to fit and {} of other reasons",
+        report.redriven, report.cut, report.passed_over
+    );
+    Ok(true)
+}
+
+/// Re-publishes the dead letters `args` choose, oldest first, each removed once JetStream acknowledged it.
+pub async fn redrive(js: &Context, settings: &Settings, args: &RedriveArgs) -> anyhow::Result<Report> {
+    let name = &settings.jetstream.dead_letter_stream;
+    let stream = js
+        .get_stream(name)
+        .await
+        .with_context(|| format!("no dead-letter stream {name} (jetstream.dead_letter_stream)"))?;
+    let mut report = Report::default();
+    let mut next = 1;
+    loop {
+        let message = match stream.get_first_raw_message_by_subject(">", next).await {
+            Ok(message) => message,
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => break,
+            Err(err) => return Err(err).with_context(|| format!("reading {name} at sequence {next}")),
+        };
+        next = message.sequence + 1;
+        let header = |key: &str| message.headers.get(key).map(|v| v.as_str().to_owned());
+        let Some(subject) = header(HEADER_SUBJECT) else {
+            report.passed_over += 1;
+            continue;
+        };
+        if let Some(wanted) = &args.reason
+            && header(HEADER_REASON).as_deref() != Some(wanted.as_str())
+        {
+            report.passed_over += 1;
+            continue;
+        }
+        if header(HEADER_ORIGINAL_SIZE).is_some() {
+            report.cut += 1;
+            continue;
+        }
+        if args.dry_run {
+            println!(
+                "{name} #{}: {subject} ({})",
+                message.sequence,
+                header(HEADER_REASON).unwrap_or_default()
+            );
+            report.redriven += 1;
+            continue;
+        }
+        let mut headers = HeaderMap::new();
+        let id = format!(
+            "redrive-{name}-{}-{}",
+            message.sequence,
+            message.time.unix_timestamp_nanos()
+        );
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        js.publish_with_headers(subject.clone(), headers, message.payload.clone())
+            .await
+            .with_context(|| format!("re-publishing {name} #{} on {subject}", message.sequence))?
+            .await
+            .with_context(|| {
+                format!(
+                    "JetStream did not acknowledge {name} #{} on {subject}",
+                    message.sequence
+                )
+            })?;
+        stream
+            .delete_message(message.sequence)
+            .await
+            .with_context(|| format!("removing {name} #{} after re-publishing it", message.sequence))?;
+        report.redriven += 1;
+    }
+    Ok(report)
+}
