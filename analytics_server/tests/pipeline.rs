@@ -386,8 +386,9 @@ async fn core_nats_mode_leaves_an_existing_stream_as_it_is() {
 }
 
 /// `redrive` re-publishes the dead letters an operator chooses (here: a batch over `server.max_batch_events`, the
-/// limit raised since), which are then stored once and removed from the dead-letter stream; the others stay, and
-/// a second redrive finds nothing more to do.
+/// limit raised since), which are then stored once and removed from the dead-letter stream; the others stay. A
+/// run without `--reason` re-publishes what is still poison too, which comes back once and is not chased round;
+/// a dead letter naming a subject the ingester does not consume is never published.
 #[tokio::test]
 async fn redrive_stores_the_dead_letters_that_are_poison_no_longer() {
     use analytics_server::cli::{RedriveArgs, redrive};
@@ -407,6 +408,16 @@ async fn redrive_stores_the_dead_letters_that_are_poison_no_longer() {
     stack.wait_consumer_idle(WAIT).await;
     assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 2);
     strict.stop().await;
+    // A forged dead letter asking for a JetStream command.
+    let mut forged = async_nats::HeaderMap::new();
+    forged.insert("Fechatter-Original-Subject", "$JS.API.STREAM.PURGE.ANALYTICS");
+    stack
+        .js
+        .publish_with_headers("fechatter.deadletter.analytics", forged, vec![1].into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
 
     let app = stack.run_in_process(&[]).await;
     let settings = stack.settings(&[]);
@@ -415,13 +426,14 @@ async fn redrive_stores_the_dead_letters_that_are_poison_no_longer() {
         dry_run: true,
     };
     let listed = redrive(&stack.js, &settings, &only).await.expect("dry run");
-    assert_eq!((listed.redriven, listed.passed_over), (1, 1));
+    assert_eq!((listed.redriven, listed.passed_over, listed.foreign), (1, 1, 1));
     assert_eq!(
         stack.stream_messages("ANALYTICS_DLQ").await,
-        2,
+        3,
         "a dry run changes nothing"
     );
 
+    let published = stack.stream_messages("ANALYTICS").await;
     let done = redrive(
         &stack.js,
         &settings,
@@ -432,15 +444,30 @@ async fn redrive_stores_the_dead_letters_that_are_poison_no_longer() {
     )
     .await
     .expect("redrive");
-    assert_eq!((done.redriven, done.passed_over, done.cut), (1, 1, 0));
+    assert_eq!((done.redriven, done.passed_over, done.foreign, done.cut), (1, 1, 1, 0));
+    assert_eq!(
+        stack.stream_messages("ANALYTICS").await,
+        published + 1,
+        "published once"
+    );
     stack.wait_for_rows(3, WAIT).await;
-    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 1, "the garbage stays");
+    assert_eq!(
+        stack.stream_messages("ANALYTICS_DLQ").await,
+        2,
+        "the garbage and the forgery stay"
+    );
 
-    let again = redrive(&stack.js, &settings, &RedriveArgs { dry_run: false, ..only })
+    // Everything, the garbage included: it is dead-lettered again, at a later sequence, and left there.
+    let all = redrive(&stack.js, &settings, &RedriveArgs::default())
         .await
-        .expect("second redrive");
-    assert_eq!(again.redriven, 0);
+        .expect("all");
+    assert_eq!((all.redriven, all.foreign), (1, 1));
     stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(
+        stack.stream_messages("ANALYTICS_DLQ").await,
+        2,
+        "the garbage came back once"
+    );
     assert_eq!(stack.count_final().await, 3);
     app.stop().await;
 }

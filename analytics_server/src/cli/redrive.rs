@@ -6,9 +6,15 @@
 //! twice (a redrive stopped between the ack and the removal, then run again) carries the same `Nats-Msg-Id`, which
 //! JetStream drops inside its duplicate window, and its events collapse in ClickHouse by `event_id` after it. A
 //! copy cut to fit (`Fechatter-Original-Size`) holds only the start of its payload: it is left where it is.
+//!
+//! A run goes up to the last dead letter there was when it began: what is still poison comes back at a later
+//! sequence while it runs, and is left for a later run instead of going round forever. And it re-publishes only
+//! on subjects the ingester consumes (`integrations.messaging.subjects.analytics_events`): the original subject is
+//! a header anyone able to publish on the dead-letter subject can write, and redrive publishes with the
+//! operator's credentials (`$JS.API.…` would be a JetStream command).
 
 use super::status::jetstream_context;
-use crate::config::Settings;
+use crate::config::{Settings, subject_matches};
 use crate::dead_letter::{HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_SUBJECT};
 use anyhow::Context as _;
 use async_nats::HeaderMap;
@@ -34,8 +40,10 @@ pub struct Report {
     pub redriven: u64,
     /// Left: cut to fit, so not whole.
     pub cut: u64,
-    /// Left: of another reason than `--reason`, or without an original subject.
+    /// Left: of another reason than `--reason`.
     pub passed_over: u64,
+    /// Left: no original subject, or one the ingester does not consume.
+    pub foreign: u64,
 }
 
 /// Runs `redrive` and prints what it did; `Ok(true)` when everything chosen was re-published.
@@ -48,8 +56,8 @@ pub async fn run(settings: &Settings, args: &RedriveArgs) -> anyhow::Result<bool
         "re-published"
     };
     println!(
-        "{verb} {} dead letter(s); left {} cut to fit and {} of other reasons",
-        report.redriven, report.cut, report.passed_over
+        "{verb} {} dead letter(s); left {} cut to fit, {} of other reasons and {} with no analytics subject",
+        report.redriven, report.cut, report.passed_over, report.foreign
     );
     Ok(true)
 }
@@ -61,18 +69,27 @@ pub async fn redrive(js: &Context, settings: &Settings, args: &RedriveArgs) -> a
         .get_stream(name)
         .await
         .with_context(|| format!("no dead-letter stream {name} (jetstream.dead_letter_stream)"))?;
+    let mut stream = stream;
+    let last = stream
+        .info()
+        .await
+        .with_context(|| format!("reading the state of {name}"))?
+        .state
+        .last_sequence;
+    let consumed = &settings.integrations.messaging.subjects.analytics_events;
     let mut report = Report::default();
     let mut next = 1;
-    loop {
+    while next <= last {
         let message = match stream.get_first_raw_message_by_subject(">", next).await {
-            Ok(message) => message,
+            Ok(message) if message.sequence <= last => message,
+            Ok(_) => break,
             Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => break,
             Err(err) => return Err(err).with_context(|| format!("reading {name} at sequence {next}")),
         };
         next = message.sequence + 1;
         let header = |key: &str| message.headers.get(key).map(|v| v.as_str().to_owned());
-        let Some(subject) = header(HEADER_SUBJECT) else {
-            report.passed_over += 1;
+        let Some(subject) = header(HEADER_SUBJECT).filter(|s| subject_matches(consumed, s)) else {
+            report.foreign += 1;
             continue;
         };
         if let Some(wanted) = &args.reason
