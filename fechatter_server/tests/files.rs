@@ -302,4 +302,14 @@ async fn a_workspace_stores_no_more_than_its_quota() {
     // Another workspace has its own quota.
     let (status, body) = upload(&app, &carol, "b.txt", second).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Filled to the byte: the next upload is refused before its body is read.
+    let (status, body) = upload(&app, &alice, "c.txt", vec![b'c'; 20]).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upload(&app, &alice, "d.txt", vec![b'd'; 1]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("all of its 50"),
+        "{body}"
+    );
 }

@@ -140,6 +140,9 @@ async fn upload(
     ApiMultipart(mut multipart): ApiMultipart,
 ) -> Result<(StatusCode, Json<Uploaded>), ApiError> {
     let root = &state.settings.files.dir;
+    let quota = state.settings.files.max_workspace_bytes;
+    // A workspace at its quota is refused before its body is read (up to 10 files of `max_upload_bytes`).
+    check_quota(&state.pool, user.workspace_id, std::iter::empty(), quota).await?;
     let staged = receive_all(&mut multipart, root, state.settings.files.max_upload_bytes).await?;
     if staged.is_empty() {
         return Err(ApiError::bad_request(
@@ -147,13 +150,7 @@ async fn upload(
             "the multipart body holds no file part",
         ));
     }
-    check_quota(
-        &state.pool,
-        user.workspace_id,
-        staged.iter().map(|s| &s.file),
-        state.settings.files.max_workspace_bytes,
-    )
-    .await?;
+    check_quota(&state.pool, user.workspace_id, staged.iter().map(|s| &s.file), quota).await?;
     let mut received = Vec::with_capacity(staged.len());
     // On an error, the parts not yet placed are dropped with the iterator, and so removed.
     for Staged { path, file } in staged {
@@ -200,8 +197,9 @@ async fn upload(
 }
 
 /// Refuses an upload that would take the workspace past `max_bytes` of stored files, counting only the files it
-/// does not store already (content-addressed: the same content is stored once). Checked before anything is
-/// placed, without a lock: uploads running at once may each pass it, by up to one upload's size each.
+/// does not store already (content-addressed: the same content is stored once); with no files given, refuses
+/// when the workspace is at its quota already. Checked before anything is placed, without a lock: uploads
+/// running at once may each pass it, by up to one upload's size each.
 async fn check_quota<'a>(
     pool: &PgPool,
     workspace_id: i64,
@@ -231,7 +229,17 @@ async fn check_quota<'a>(
         .sum();
     let used = u64::try_from(used).unwrap_or(0);
     let adding = u64::try_from(adding).unwrap_or(0);
-    if adding > 0 && used.saturating_add(adding) > max_bytes {
+    let refused = if hashes.is_empty() {
+        used >= max_bytes
+    } else {
+        adding > 0 && used.saturating_add(adding) > max_bytes
+    };
+    if refused && hashes.is_empty() {
+        return Err(ApiError::QuotaExceeded(format!(
+            "the workspace stores {used} bytes of files, all of its {max_bytes} (files.max_workspace_bytes)"
+        )));
+    }
+    if refused {
         return Err(ApiError::QuotaExceeded(format!(
             "the workspace stores {used} bytes of files; these {adding} more would pass its \
              {max_bytes} (files.max_workspace_bytes)"
