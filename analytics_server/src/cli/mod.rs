@@ -1,7 +1,7 @@
 //! The operator commands of the `analytics_server` binary besides serving: watching events live, showing the
 //! stream and consumer state, repairing the JetStream set-up, re-publishing dead letters, checking a publisher's
-//! settings and probing the whole path with a test event. There is no `nats` CLI in the distributions, so the project's scripts
-//! (`scripts/fix-analytics-connection.sh`) use these instead.
+//! settings and probing the whole path with a test event. There is no `nats` CLI in the distributions, so the
+//! project's scripts (`scripts/fix-analytics-connection.sh`) use these instead.
 //!
 //! Every command reads the same configuration as the server (`analytics.yml`, `ANALYTICS_CONFIG`,
 //! `ANALYTICS__…` overrides), so it talks to the NATS and ClickHouse the server uses.

@@ -46,7 +46,7 @@ pub struct Report {
     pub foreign: u64,
 }
 
-/// Runs `redrive` and prints what it did; `Ok(true)` when everything chosen was re-published.
+/// Runs `redrive` and prints what it did; the first failure stops it, named (what was done before it stays done).
 pub async fn run(settings: &Settings, args: &RedriveArgs) -> anyhow::Result<bool> {
     let js = jetstream_context(settings, "analytics_server redrive").await?;
     let report = redrive(&js, settings, args).await?;
@@ -65,11 +65,10 @@ pub async fn run(settings: &Settings, args: &RedriveArgs) -> anyhow::Result<bool
 /// Re-publishes the dead letters `args` choose, oldest first, each removed once JetStream acknowledged it.
 pub async fn redrive(js: &Context, settings: &Settings, args: &RedriveArgs) -> anyhow::Result<Report> {
     let name = &settings.jetstream.dead_letter_stream;
-    let stream = js
+    let mut stream = js
         .get_stream(name)
         .await
         .with_context(|| format!("no dead-letter stream {name} (jetstream.dead_letter_stream)"))?;
-    let mut stream = stream;
     let last = stream
         .info()
         .await

@@ -229,23 +229,18 @@ async fn check_quota<'a>(
         .sum();
     let used = u64::try_from(used).unwrap_or(0);
     let adding = u64::try_from(adding).unwrap_or(0);
-    let refused = if hashes.is_empty() {
-        used >= max_bytes
-    } else {
-        adding > 0 && used.saturating_add(adding) > max_bytes
-    };
-    if refused && hashes.is_empty() {
-        return Err(ApiError::QuotaExceeded(format!(
+    if hashes.is_empty() && used >= max_bytes {
+        Err(ApiError::QuotaExceeded(format!(
             "the workspace stores {used} bytes of files, all of its {max_bytes} (files.max_workspace_bytes)"
-        )));
-    }
-    if refused {
-        return Err(ApiError::QuotaExceeded(format!(
+        )))
+    } else if adding > 0 && used.saturating_add(adding) > max_bytes {
+        Err(ApiError::QuotaExceeded(format!(
             "the workspace stores {used} bytes of files; these {adding} more would pass its \
              {max_bytes} (files.max_workspace_bytes)"
-        )));
+        )))
+    } else {
+        Ok(())
     }
-    Ok(())
 }
 
 /// Download a file of the caller's workspace.
