@@ -25,16 +25,17 @@ use sqlx::{PgPool, Row as _};
 
 /// Publishes up to `batch_size` of the journal's events after the cursor and moves the cursor past the first
 /// rows JetStream acknowledged (up to the first failure), in one transaction. Claims nothing while another
-/// relay holds the cursor.
+/// relay holds the cursor. `after_full_round`: the caller's previous round was full, so events are known to wait.
 pub async fn relay_once(
     pool: &PgPool,
     publisher: &AnalyticsPublisher,
     batch_size: usize,
+    after_full_round: bool,
     metrics: &Metrics,
 ) -> Result<Round, sqlx::Error> {
     // Most rounds of a quiet chat find nothing: ask without the lock, which would give the round a transaction
     // id and a commit to write.
-    if !work_waits(pool).await? {
+    if !after_full_round && !work_waits(pool).await? {
         return Ok(Round::default());
     }
     let mut tx = begin_round(pool).await?;

@@ -318,34 +318,42 @@ pub async fn run_relay(
             was_connected = connected;
         }
         if connected {
-            // Drain both sources; full batches mean more rows are waiting.
+            // Drain both sources; a full round means more rows are waiting. A source whose round came back short
+            // is not asked again in this drain (its rows committing meanwhile wake the relay anew), and after a
+            // full journal round the journal's "anything waiting?" check is skipped: under load a drain would
+            // otherwise repeat both round trips for nothing.
+            let (mut outbox_more, mut journal_more, mut journal_full) = (true, true, false);
             loop {
-                let outbox = relay_once(&pool, &publisher, settings.batch_size, &parked.current(), &metrics).await;
-                let journal = journal_relay::relay_once(&pool, &publisher, settings.batch_size, &metrics).await;
                 let mut failed = false;
-                let mut more = false;
-                match outbox {
-                    // Failed rows are set aside and the drain goes on with the rows after them. Only when they
-                    // find no room (JetStream refusing everything, for long) does the relay wait before its next
-                    // try, and claims the same rows again.
-                    Ok(round) => {
-                        failed |= !parked.park(&round.failed, settings.flush_interval);
-                        more |= round.claimed >= settings.batch_size;
-                    }
-                    Err(err) => {
-                        failed = true;
-                        tracing::warn!(error = %crate::error_chain(&err), "outbox relay round failed");
+                if outbox_more {
+                    match relay_once(&pool, &publisher, settings.batch_size, &parked.current(), &metrics).await {
+                        // Failed rows are set aside and the drain goes on with the rows after them. Only when they
+                        // find no room (JetStream refusing everything, for long) does the relay wait before its
+                        // next try, and claims the same rows again.
+                        Ok(round) => {
+                            failed |= !parked.park(&round.failed, settings.flush_interval);
+                            outbox_more = round.claimed >= settings.batch_size;
+                        }
+                        Err(err) => {
+                            failed = true;
+                            tracing::warn!(error = %crate::error_chain(&err), "outbox relay round failed");
+                        }
                     }
                 }
-                match journal {
-                    // The journal's events all go to one subject: a failure is JetStream's, not an event's.
-                    Ok(round) => {
-                        failed |= round.published < round.claimed;
-                        more |= round.claimed >= settings.batch_size;
-                    }
-                    Err(err) => {
-                        failed = true;
-                        tracing::warn!(error = %crate::error_chain(&err), "journal relay round failed");
+                if journal_more {
+                    let round =
+                        journal_relay::relay_once(&pool, &publisher, settings.batch_size, journal_full, &metrics).await;
+                    match round {
+                        // The journal's events all go to one subject: a failure is JetStream's, not an event's.
+                        Ok(round) => {
+                            failed |= round.published < round.claimed;
+                            journal_more = round.claimed >= settings.batch_size;
+                            journal_full = journal_more;
+                        }
+                        Err(err) => {
+                            failed = true;
+                            tracing::warn!(error = %crate::error_chain(&err), "journal relay round failed");
+                        }
                     }
                 }
                 if failed {
@@ -353,7 +361,7 @@ pub async fn run_relay(
                     break;
                 }
                 failures = 0;
-                if !more || shutdown.is_cancelled() {
+                if !(outbox_more || journal_more) || shutdown.is_cancelled() {
                     break;
                 }
             }
