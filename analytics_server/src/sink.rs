@@ -180,7 +180,13 @@ impl ClickHouseSink {
                     self.metrics.insert_retries.inc();
                     self.metrics.fail("insert");
                     let wait = backoff(attempt, self.settings.max_backoff);
-                    tracing::error!(rows, attempt, retry_in_ms = wait.as_millis() as u64, error = %chain(&err), "INSERT failed; batch kept for retry");
+                    tracing::error!(
+                        rows,
+                        attempt,
+                        retry_in_ms = wait.as_millis() as u64,
+                        error = %chain(&err),
+                        "INSERT failed; batch kept for retry"
+                    );
                     // Bounded, and signalling progress, like an INSERT: DDL may wait for a lock.
                     let restore = tokio::time::timeout(self.settings.insert_timeout, self.restore_if_missing(&err));
                     if self

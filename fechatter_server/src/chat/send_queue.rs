@@ -158,9 +158,9 @@ pub async fn write_together(pool: &PgPool, messages: Vec<NewMessage>) -> Vec<Res
 
 /// Whether `err`, the failure of a statement sent on a connection, proves that the statement wrote nothing, so
 /// that its sends may be written again: PostgreSQL refused it (a statement run alone is its own transaction,
-/// rolled back on error). Any other failure (the connection lost mid-statement, an answer that cannot be read) may have come
-/// after its commit, and writing again would store a second copy of every message sent without an idempotency
-/// key.
+/// rolled back on error). Any other failure (the connection lost mid-statement, an answer that cannot be read)
+/// may have come after its commit, and writing again would store a second copy of every message sent without an
+/// idempotency key.
 fn wrote_nothing(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(_))
 }
