@@ -4,6 +4,7 @@
 //! changes. [`Settings::validate`] checks the relations between keys once, at start-up, naming the key at fault.
 
 use fechatter_service::ConfigError;
+use fechatter_service::client_addr::TrustedProxies;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct ServerSettings {
     pub max_batch_events: usize,
     /// Ingest requests accepted per minute from one client address (bursts up to the same number); 429 above.
     pub ingest_rate_limit_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// External systems.

@@ -280,6 +280,48 @@ async fn a_client_over_the_ingest_rate_limit_gets_429_before_its_body_is_read() 
     app.stop().await;
 }
 
+/// POSTs one protobuf event through a reverse proxy that forwarded `x_forwarded_for`.
+async fn post_forwarded(url: &str, event: Vec<u8>, x_forwarded_for: &str) -> u16 {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header(CONTENT_TYPE, "application/x-protobuf")
+        .header("x-forwarded-for", x_forwarded_for)
+        .body(event)
+        .send()
+        .await
+        .expect("request");
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_is_limited_and_stamped() {
+    let stack = Stack::start().await;
+    let app = stack
+        .run_in_process(&[
+            ("ANALYTICS__SERVER__INGEST_RATE_LIMIT_PER_MINUTE", "2"),
+            ("ANALYTICS__SERVER__TRUSTED_PROXIES", "127.0.0.1"),
+        ])
+        .await;
+    let sample = events(4);
+    let url = app.url("/api/event");
+
+    let first_client = [
+        post_forwarded(&url, sample[0].encode_to_vec(), "203.0.113.7").await,
+        // The client's own entry comes before the one its proxy appended, and is never read.
+        post_forwarded(&url, sample[1].encode_to_vec(), "198.51.100.1, 203.0.113.7").await,
+        post_forwarded(&url, sample[2].encode_to_vec(), "198.51.100.2, 203.0.113.7").await,
+    ];
+    let second_client = post_forwarded(&url, sample[3].encode_to_vec(), "203.0.113.8").await;
+
+    assert_eq!(first_client, [202, 202, 429]);
+    assert_eq!(second_client, 202, "another client behind the same proxy");
+    stack.wait_for_rows(3, WAIT).await;
+    let mut ips: Vec<String> = stack.rows().await.into_iter().map(|row| row.ip).collect();
+    ips.sort();
+    assert_eq!(ips, ["203.0.113.7", "203.0.113.7", "203.0.113.8"]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn core_nats_mode_answers_503_when_nats_is_down() {
     let mut stack = Stack::start().await;

@@ -3,6 +3,7 @@
 //! The shipped `chat.yml` is compiled in as the defaults, so a deployment's file only needs the keys it changes.
 
 use fechatter_service::ConfigError;
+use fechatter_service::client_addr::TrustedProxies;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +49,8 @@ pub struct ServerSettings {
     pub cors_origins: Vec<String>,
     /// Sign-in and sign-up attempts per IP per minute.
     pub auth_rate_limit_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// PostgreSQL.

@@ -639,6 +639,75 @@ async fn sign_in_and_sign_up_answer_429_once_a_client_exceeds_the_limit() {
     );
 }
 
+/// Signs in as `email` through a reverse proxy that forwarded `x_forwarded_for`.
+async fn signin_forwarded(app: &TestApp, email: &str, x_forwarded_for: &str) -> StatusCode {
+    let request = app
+        .http
+        .post(app.url("/api/signin"))
+        .header("x-forwarded-for", x_forwarded_for)
+        .json(&json!({ "email": email, "password": PASSWORD }));
+    app.send(request).await.0
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance_and_its_address_in_events() {
+    let app = TestApp::start(&[
+        ("FECHATTER__SERVER__AUTH_RATE_LIMIT_PER_MINUTE", "2"),
+        ("FECHATTER__SERVER__TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1"),
+    ])
+    .await;
+    let user = app.signup("Proxied", "Proxies").await;
+
+    let first_client = [
+        signin_forwarded(&app, &user.email, "203.0.113.7").await,
+        // A client that writes its own X-Forwarded-For gets the proxy's entry appended after it, which is read.
+        signin_forwarded(&app, &user.email, "198.51.100.1, 203.0.113.7").await,
+        signin_forwarded(&app, &user.email, "198.51.100.2, 203.0.113.7").await,
+    ];
+    let second_client = signin_forwarded(&app, &user.email, "203.0.113.8, 10.1.2.3").await;
+
+    assert_eq!(
+        first_client,
+        [StatusCode::OK, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]
+    );
+    assert_eq!(second_client, StatusCode::OK, "another client behind the same proxy");
+    let ips: Vec<String> = outbox(&app, "fechatter.analytics.user.login")
+        .await
+        .into_iter()
+        .map(|(_, event)| event.context.expect("context").ip)
+        .collect();
+    assert_eq!(ips, ["203.0.113.7", "203.0.113.7", "203.0.113.8"]);
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_a_forwarded_for_header_changes_nothing() {
+    let app = TestApp::start(&[("FECHATTER__SERVER__AUTH_RATE_LIMIT_PER_MINUTE", "2")]).await;
+    let user = app.signup("Direct", "Directly").await;
+
+    let statuses = [
+        signin_forwarded(&app, &user.email, "203.0.113.7").await,
+        signin_forwarded(&app, &user.email, "203.0.113.8").await,
+    ];
+
+    // The sign-up took one of the peer's two attempts: the headers bought no fresh allowance.
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS]);
+    let logins = outbox(&app, "fechatter.analytics.user.login").await;
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].1.context.as_ref().expect("context").ip, "127.0.0.1");
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_that_is_no_address_is_refused_naming_the_key() {
+    let vars = [(
+        "FECHATTER__SERVER__TRUSTED_PROXIES".to_owned(),
+        "10.0.0.0/8,proxy.local".to_owned(),
+    )];
+    let err = fechatter_server::config::Settings::load(None, vars).expect_err("a host name is no proxy address");
+    let message = err.to_string();
+    assert!(message.contains("server.trusted_proxies"), "{message}");
+    assert!(message.contains("\"proxy.local\""), "{message}");
+}
+
 #[tokio::test]
 async fn the_seeded_development_user_signs_in_and_is_recorded_as_the_login_user() {
     let app = TestApp::start(&[]).await;

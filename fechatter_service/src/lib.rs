@@ -1,8 +1,10 @@
 //! What every Fechatter service binary shares: layered configuration with errors that name the key
 //! ([`config`]), error cause chains for logs ([`error`]), logging set-up ([`telemetry`]), signal-driven shutdown
-//! ([`shutdown`]), per-client rate limiting ([`rate_limit`]), the NATS reconnection pace ([`reconnect`]) and HTTP
-//! fallbacks and connection handling ([`http`]).
+//! ([`shutdown`]), per-client rate limiting ([`rate_limit`]) by the client's address behind trusted reverse
+//! proxies ([`client_addr`]), the NATS reconnection pace ([`reconnect`]) and HTTP fallbacks and connection
+//! handling ([`http`]).
 
+pub mod client_addr;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -16,7 +16,7 @@ use fechatter_protos::v1::{AnalyticsEvent, BatchRecordEventsRequest};
 use futures::StreamExt as _;
 use prost::Message as _;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
@@ -181,9 +181,9 @@ struct Caller {
     user_agent: Option<String>,
 }
 
-fn caller(addr: SocketAddr, headers: &HeaderMap) -> Caller {
+fn caller(client: IpAddr, headers: &HeaderMap) -> Caller {
     Caller {
-        ip: addr.ip().to_string(),
+        ip: client.to_string(),
         user_agent: headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
@@ -289,15 +289,16 @@ impl FromRequest<AppState> for IngestRequest {
             .map(|ConnectInfo(addr)| *addr)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         // Before the body is read: a flooding client costs no more than this check. Keyed on the peer address,
-        // which a client cannot forge the way it can a forwarded-for header.
-        if !state.ingest_limiter.check(addr.ip()) {
+        // which a client cannot forge the way it can a forwarded-for header, or, behind the operator's reverse
+        // proxies, on the client address they forwarded.
+        let client = state.settings.server.trusted_proxies.client(addr.ip(), &parts.headers);
+        if !state.ingest_limiter.check(client) {
             return Err(refused(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!(
                     "more than {} requests per minute from {} (server.ingest_rate_limit_per_minute)",
-                    state.settings.server.ingest_rate_limit_per_minute,
-                    addr.ip()
+                    state.settings.server.ingest_rate_limit_per_minute, client
                 ),
             )));
         }
@@ -320,7 +321,7 @@ impl FromRequest<AppState> for IngestRequest {
         Ok(Self {
             encoding,
             body,
-            caller: caller(addr, &parts.headers),
+            caller: caller(client, &parts.headers),
             _in_flight: in_flight,
         })
     }

@@ -1,7 +1,9 @@
-//! What a request tells about its client, for analytics context: IP, `User-Agent`, and the optional
-//! `X-Client-Id`, `X-Session-Id` and `X-App-Version` headers.
+//! What a request tells about its client, for analytics context and rate limits: its address (behind the
+//! reverse proxies of `server.trusted_proxies`, see `fechatter_service::client_addr`), `User-Agent`, and the
+//! optional `X-Client-Id`, `X-Session-Id` and `X-App-Version` headers.
 
 use super::RequestContext;
+use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -21,7 +23,7 @@ const MAX_HEADER_CHARS: usize = 256;
 /// Client facts of a request.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
-    /// Peer address.
+    /// The client's address: the peer's, or the one the trusted proxies forwarded.
     pub ip: IpAddr,
     /// `User-Agent`.
     pub user_agent: String,
@@ -66,15 +68,16 @@ impl ClientInfo {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip = state.settings.server.trusted_proxies.client(peer, &parts.headers);
         let app_version = match header(&parts.headers, APP_VERSION) {
             v if v.is_empty() => concat!("fechatter_server/", env!("CARGO_PKG_VERSION")).to_owned(),
             v => v,
