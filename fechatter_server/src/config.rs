@@ -47,7 +47,7 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS.
     pub cors_origins: Vec<String>,
-    /// Sign-in and sign-up attempts per IP per minute.
+    /// Sign-in and sign-up attempts per client address per minute.
     pub auth_rate_limit_per_minute: u32,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,

@@ -49,6 +49,6 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// NATS connection, for readiness (`None` when analytics is disabled).
     pub nats: Option<async_nats::Client>,
-    /// Sign-in / sign-up attempts per IP.
+    /// Sign-in / sign-up attempts per client address.
     pub auth_limiter: Arc<RateLimiter>,
 }

@@ -6,8 +6,9 @@
 //! from. So the header is read from its end (the nearest hop) backwards, through the trusted proxies only: the
 //! first address that is not a trusted proxy is the client. Whatever a client wrote before that is never read,
 //! so nobody gets a fresh allowance by inventing addresses. A hop that is no address (`unknown`, garbage) ends
-//! the walk at the last proxy that named it. With no proxies configured, or a peer not among them, the header is
-//! ignored altogether, as it has to be when clients reach the service directly.
+//! the walk at the last proxy that named it, and at most [`MAX_HOPS`] hops are read. With no proxies configured,
+//! or a peer not among them, the header is ignored altogether, as it has to be when clients reach the service
+//! directly. A trusted network trusts every host in it, so only the proxies' own addresses belong in the list.
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -27,16 +28,23 @@ const MAX_HOPS: usize = 16;
 pub struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
-    /// Proxies given as addresses (`10.0.0.5`, `::1`) or networks (`10.0.0.0/8`, `fd00::/8`).
+    /// Proxies given as addresses (`10.0.0.5`, `::1`) or networks (`10.0.0.0/24`, `fd00::/64`). A network
+    /// of everything (`0.0.0.0/0`, `::/0`) is refused: it would let every client name its own address.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
         entries
             .iter()
             .map(|entry| {
                 let entry = entry.as_ref().trim();
-                IpNet::from_str(entry)
+                let net = IpNet::from_str(entry)
                     .or_else(|_| IpAddr::from_str(entry).map(IpNet::from))
-                    .map(|net| net.trunc())
-                    .map_err(|_| format!("{entry:?} is neither an IP address nor a network such as 10.0.0.0/8"))
+                    .map_err(|_| format!("{entry:?} is neither an IP address nor a network such as 10.0.0.0/24"))?;
+                let net = canonical(net.trunc());
+                if net.prefix_len() == 0 {
+                    return Err(format!(
+                        "{entry:?} trusts every address, so any client could name its own; list the proxies"
+                    ));
+                }
+                Ok(net)
             })
             .collect::<Result<_, _>>()
             .map(Self)
@@ -55,11 +63,11 @@ impl TrustedProxies {
             return peer;
         }
         // Every X-Forwarded-For line, in order, makes one list; read from the end.
-        let lines: Vec<&[u8]> = headers.get_all(X_FORWARDED_FOR).iter().map(|v| v.as_bytes()).collect();
-        let hops = lines
+        let hops = headers
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .rev()
-            .flat_map(|line| line.rsplit(|&b| b == b','))
+            .flat_map(|line| line.as_bytes().rsplit(|&b| b == b','))
             .take(MAX_HOPS);
         let mut client = peer;
         for hop in hops {
@@ -70,6 +78,18 @@ impl TrustedProxies {
             }
         }
         client
+    }
+}
+
+/// `net` with an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/120`) written as the IPv4 network it is
+/// (`10.0.0.0/24`): addresses are compared in their canonical form, in which a mapped address is IPv4.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        net => net,
     }
 }
 
@@ -198,5 +218,35 @@ mod tests {
         assert!(TrustedProxies::parse(&["10.0.0.0/33"]).is_err());
         // A network written with host bits set still means the network.
         assert_eq!(proxies(&["10.1.2.3/8"]), proxies(&["10.0.0.0/8"]));
+    }
+
+    #[test]
+    fn a_network_of_every_address_is_refused() {
+        for everything in ["0.0.0.0/0", "::/0"] {
+            let err = TrustedProxies::parse(&[everything]).expect_err(everything);
+            assert!(err.contains("trusts every address"), "{err}");
+        }
+    }
+
+    #[test]
+    fn proxies_written_as_ipv4_mapped_addresses_are_trusted_as_ipv4() {
+        assert_eq!(proxies(&["::ffff:10.0.0.5"]), proxies(&["10.0.0.5"]));
+        assert_eq!(proxies(&["::ffff:10.0.0.0/104"]), proxies(&["10.0.0.0/8"]));
+        let trusted = proxies(&["::ffff:10.0.0.0/120"]);
+        assert_eq!(
+            trusted.client(ip("10.0.0.7"), &forwarded(&["203.0.113.7"])),
+            ip("203.0.113.7")
+        );
+        // A network wider than the mapped range stays IPv6.
+        assert_eq!(proxies(&["::ffff:0:0/95"]).0[0].prefix_len(), 95);
+    }
+
+    #[test]
+    fn a_forwarded_ipv6_client_is_read_whole() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        assert_eq!(
+            trusted.client(ip("10.0.0.5"), &forwarded(&["2001:db8:1:2::99"])),
+            ip("2001:db8:1:2::99")
+        );
     }
 }

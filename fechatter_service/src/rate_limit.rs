@@ -2,7 +2,8 @@
 //! the `governor` crate). Both services use it: the chat API on sign-in and sign-up (password guessing, sign-up
 //! floods), the ingester on HTTP ingest (one client flooding the stream).
 //!
-//! The key is the peer address of the connection, never a forwarded-for header a client could forge; an IPv6
+//! The key is the client's address: the connection's peer, or behind a trusted reverse proxy the address it
+//! forwarded (`crate::client_addr`), never a forwarded-for header a client could write itself; an IPv6
 //! address counts by its /64 network, which one subscriber gets whole (a per-address key would give them 2^64
 //! allowances). Memory is bounded: once more than [`PRUNE_ABOVE`] callers are tracked, those whose allowance has
 //! fully recovered are dropped, at most once a second (the pruning walks every caller).
