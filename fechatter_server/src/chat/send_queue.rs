@@ -21,12 +21,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Statements in flight at once. More than one so that a batch is built and sent while another waits for its
 /// commit, and so that one slow statement (waiting for a lock another instance holds) does not hold up every
-/// send; few, so that batches stay large under load. Where the CPU is the limit, more writers only make batches
-/// smaller (`send_bench`: 4 writers wrote 2.5 sends per statement and were no faster than 1 or 2, which wrote 8
-/// and 4.5). Where the wait for the disk is, a third writer keeps another statement's commit under way: on the
-/// 2026-11-30 machine (2 writers left the CPU 30 % idle) 3 sent 2,870-2,950/s against 2,370-2,460/s with 2 in the
-/// same session, and 4 no more than 3 (2,810-2,860/s) with the CPU then nearly full.
-const WRITERS: usize = 3;
+/// send; few, so that batches stay large under load: more writers make batches smaller, and a send's CPU greater
+/// (`send_bench`: 4 writers wrote 2.5 sends per statement and were no faster than 1 or 2, which wrote 8 and 4.5;
+/// later, alternating runs of one session: 3 writers wrote 3.4 sends per statement, 4.7 with 2, sent as many per
+/// second and took 409-489 µs of CPU per send in all against 345-424 with 2).
+const WRITERS: usize = 2;
 
 /// Most sends in one statement: bounds a statement's size and the wait of the first send in it.
 pub const MAX_BATCH: usize = 64;
