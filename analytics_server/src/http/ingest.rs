@@ -288,9 +288,9 @@ impl FromRequest<AppState> for IngestRequest {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        // Before the body is read: a flooding client costs no more than this check. Keyed on the peer address,
-        // which a client cannot forge the way it can a forwarded-for header, or, behind the operator's reverse
-        // proxies, on the client address they forwarded.
+        // Before the body is read: a flooding client costs no more than this check. Keyed on the client address:
+        // the peer's, which a client cannot forge the way it can a forwarded-for header, or, behind the operator's
+        // trusted reverse proxies, the one they forwarded.
         let client = state.settings.server.trusted_proxies.client(addr.ip(), &parts.headers);
         if !state.ingest_limiter.check(client) {
             return Err(refused(ApiError::new(
