@@ -181,6 +181,33 @@ impl CpuUse {
         }
     }
 
+    /// Nothing used yet: the start of a sum of [`CpuUse::add`].
+    pub fn none() -> Self {
+        Self {
+            programs: Vec::new(),
+            ours: 0.0,
+            others: 0.0,
+            available: 0.0,
+        }
+    }
+
+    /// Adds `other`, a step measured apart (one slice of a measurement that is interleaved with others), by
+    /// program name.
+    pub fn add(&mut self, other: &CpuUse) {
+        for (name, seconds, kernel) in &other.programs {
+            match self.programs.iter_mut().find(|(n, ..)| n == name) {
+                Some((_, s, k)) => {
+                    *s += seconds;
+                    *k += kernel;
+                }
+                None => self.programs.push((name.clone(), *seconds, *kernel)),
+            }
+        }
+        self.ours += other.ours;
+        self.others += other.others;
+        self.available += other.available;
+    }
+
     /// CPU seconds of the programs named `name`.
     pub fn of(&self, name: &str) -> f64 {
         self.programs
@@ -281,6 +308,25 @@ mod tests {
             "a program that used nothing is left out: {}",
             used.line()
         );
+    }
+
+    #[test]
+    fn slices_add_up_by_program() {
+        let slice = |postgres: u64, nats: u64| {
+            let before = snapshot(vec![process(10, 1, "postgres", 0), process(20, 1, "nats-server", 0)]);
+            let after = snapshot(vec![
+                process(10, 1, "postgres", postgres),
+                process(20, 1, "nats-server", nats),
+            ]);
+            CpuUse::between(&before, &after, Duration::from_secs(1))
+        };
+        let mut sum = CpuUse::none();
+        sum.add(&slice(100, 0));
+        sum.add(&slice(50, 25));
+        assert!((sum.of("postgres") - 1.5).abs() < 1e-9, "{}", sum.line());
+        assert!((sum.of("nats-server") - 0.25).abs() < 1e-9, "{}", sum.line());
+        assert!((sum.ours - 1.75).abs() < 1e-9, "{}", sum.line());
+        assert!(sum.available >= 2.0, "two seconds of wall time: {}", sum.line());
     }
 
     #[test]
