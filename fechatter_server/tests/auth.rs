@@ -706,6 +706,16 @@ async fn a_trusted_proxy_that_is_no_address_is_refused_naming_the_key() {
     let message = err.to_string();
     assert!(message.contains("server.trusted_proxies"), "{message}");
     assert!(message.contains("\"proxy.local\""), "{message}");
+    // An item the environment's YAML reads as a number gets the same answer, not serde's "invalid type".
+    let vars = [("FECHATTER__SERVER__TRUSTED_PROXIES".to_owned(), "10".to_owned())];
+    let message = fechatter_server::config::Settings::load(None, vars)
+        .expect_err("a number is no proxy address")
+        .to_string();
+    assert!(message.contains("server.trusted_proxies"), "{message}");
+    assert!(
+        message.contains("\"10\" is neither an IP address nor a network"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

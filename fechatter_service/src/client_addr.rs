@@ -105,7 +105,20 @@ fn hop_address(hop: &[u8]) -> Option<IpAddr> {
 
 impl<'de> Deserialize<'de> for TrustedProxies {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries = Vec::<String>::deserialize(deserializer)?;
+        // Entries are read as any YAML scalar, then as text: an environment override is split at its commas and
+        // each item read as YAML, so `…TRUSTED_PROXIES=10` arrives as the number 10, which deserves the same
+        // "neither an IP address nor a network" as any other entry that is none, not serde's "invalid type".
+        let entries = Vec::<serde_norway::Value>::deserialize(deserializer)?
+            .into_iter()
+            .map(|entry| match entry {
+                serde_norway::Value::String(text) => Ok(text),
+                serde_norway::Value::Number(number) => Ok(number.to_string()),
+                serde_norway::Value::Bool(flag) => Ok(flag.to_string()),
+                other => Err(serde::de::Error::custom(format!(
+                    "each entry must be an IP address or a network such as 10.0.0.0/24, not {other:?}"
+                ))),
+            })
+            .collect::<Result<Vec<String>, D::Error>>()?;
         Self::parse(&entries).map_err(serde::de::Error::custom)
     }
 }
@@ -218,6 +231,25 @@ mod tests {
         assert!(TrustedProxies::parse(&["10.0.0.0/33"]).is_err());
         // A network written with host bits set still means the network.
         assert_eq!(proxies(&["10.1.2.3/8"]), proxies(&["10.0.0.0/8"]));
+    }
+
+    #[test]
+    fn entries_that_yaml_reads_as_numbers_or_flags_are_refused_as_no_address() {
+        for (yaml, entry) in [("[10]", "\"10\""), ("[1.5]", "\"1.5\""), ("[true]", "\"true\"")] {
+            let err = serde_norway::from_str::<TrustedProxies>(yaml)
+                .expect_err(yaml)
+                .to_string();
+            assert!(
+                err.contains(entry) && err.contains("neither an IP address nor a network"),
+                "{err}"
+            );
+        }
+        let err = serde_norway::from_str::<TrustedProxies>("[[10.0.0.1]]")
+            .expect_err("a nested list")
+            .to_string();
+        assert!(err.contains("each entry must be an IP address"), "{err}");
+        let trusted = serde_norway::from_str::<TrustedProxies>("['10.0.0.0/8', '::1']").expect("addresses");
+        assert!(trusted.trusts("10.1.2.3".parse().expect("an address")));
     }
 
     #[test]
