@@ -117,6 +117,13 @@ pub fn widen(current: &stream::Config, want: &stream::Config) -> (stream::Config
             changes.push(format!("{name} {have} -> unlimited"));
         }
     }
+    // A cap on one message's size refuses, for good, any larger event or batch that HTTP ingest accepted, and
+    // the client is told to retry (503): only this service's own limits (`jetstream.max_message_bytes`, checked
+    // before publishing) and the server's `max_payload` bound a message.
+    if current.max_message_size > 0 {
+        next.max_message_size = -1;
+        changes.push(format!("max_message_size {} -> unlimited", current.max_message_size));
+    }
     (next, changes)
 }
 
@@ -326,18 +333,25 @@ mod tests {
             max_bytes: 1 << 30,
             max_messages: 1_000,
             max_messages_per_subject: 10,
+            max_message_size: 64 * 1024,
             ..cfg(&["fechatter.analytics.>"], 30, 120)
         };
         let (next, changes) = widen(&current, &cfg(&["fechatter.analytics.>"], 30, 120));
         assert_eq!(
-            (next.max_bytes, next.max_messages, next.max_messages_per_subject),
-            (-1, -1, -1)
+            (
+                next.max_bytes,
+                next.max_messages,
+                next.max_messages_per_subject,
+                next.max_message_size
+            ),
+            (-1, -1, -1, -1)
         );
-        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert_eq!(changes.len(), 4, "{changes:?}");
         let unlimited = stream::Config {
             max_bytes: -1,
             max_messages: -1,
             max_messages_per_subject: -1,
+            max_message_size: -1,
             ..cfg(&["fechatter.analytics.>"], 30, 120)
         };
         assert!(widen(&unlimited, &unlimited).1.is_empty());

@@ -90,10 +90,13 @@ impl Analytics {
     }
 
     /// Counts the events `recorded` in a transaction that has now committed
-    /// (`fechatter_analytics_events_written_total`): an event of a change that rolled back was never written.
+    /// (`fechatter_analytics_events_written_total`; an event of a change that rolled back was never written), and
+    /// wakes this process's relay to publish them. Without the call they are still published, within
+    /// `flush_interval_ms`.
     pub fn committed(&self, recorded: Recorded) {
         if recorded.0 > 0 {
             self.metrics.events_written.inc_by(recorded.0);
+            self.relay_wake.notify_one();
         }
     }
 

@@ -8,12 +8,12 @@
 //! row twice; and were a row published twice anyway (a crash between the ack and the delete), its
 //! `Nats-Msg-Id = event_id` makes JetStream drop the copy, and ClickHouse collapses any later one.
 //!
-//! The relay wakes as soon as a new row is visible instead of waiting for `flush_interval_ms`, in two ways:
-//! - a message send (most of the events) commits its journal row in one statement and then wakes the relay of its
-//!   own process in memory ([`super::Analytics::written`]). Not through PostgreSQL: `NOTIFY` serializes the commits
-//!   of every notifying transaction on one lock, disk flush included (see `crate::live::journal`);
-//! - `enqueue` (sign-ups, sign-ins, chat changes: rare) runs `pg_notify('analytics_outbox')`, which PostgreSQL
-//!   delivers only on commit, to the relays of every instance.
+//! The relay wakes as soon as a new row is visible instead of waiting for `flush_interval_ms`: the transaction that
+//! wrote it, once committed, wakes the relay of its own process in memory ([`super::Analytics::written`] for a
+//! message send, [`super::Analytics::committed`] for the others). Not through PostgreSQL: `NOTIFY` serializes the
+//! commits of every notifying transaction on one lock, disk flush included (see `crate::live::journal`), and
+//! searches, downloads and sign-ins each write an event. The relay still listens on [`CHANNEL`], where builds
+//! before 2026-11-30 notified, so that during a rolling upgrade their rows are relayed as promptly.
 //!
 //! Rows whose instance stopped before relaying them are picked up by any relay within `flush_interval_ms`.
 
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// The notification channel that wakes relays.
+/// The notification channel relays listen on: builds before 2026-11-30 notified on it with every outbox row.
 pub const CHANNEL: &str = "analytics_outbox";
 
 /// An outbox row, encoded before it is written: statements that write it themselves (the message send, see
@@ -84,7 +84,8 @@ pub fn log_queued(row: &OutboxRow) {
     tracing::debug!("✅ Analytics event {} queued successfully", row.suffix());
 }
 
-/// Writes `event` to the outbox on `conn` (the caller's transaction).
+/// Writes `event` to the outbox on `conn` (the caller's transaction); the caller wakes the relay once it committed
+/// ([`super::Analytics::committed`]).
 pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
     log_queuing(event);
     let row = OutboxRow::new(event)?;
@@ -92,10 +93,6 @@ pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<
         .bind(row.event_id)
         .bind(&row.subject)
         .bind(&row.payload)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
         .execute(&mut *conn)
         .await?;
     log_queued(&row);
@@ -408,8 +405,8 @@ async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
 
 /// Waits for a notification; false when the listener is gone (then the timer drives the relay).
 ///
-/// Every send notifies, so under load notifications arrive far faster than rounds are needed: one round claims
-/// every row committed so far. The notifications already buffered are therefore dropped after the first, and the
+/// Under load (builds that notified did so with every row) notifications arrive far faster than rounds are needed:
+/// one round claims every row committed so far. The notifications already buffered are therefore dropped after the first, and the
 /// round waits [`COALESCE`] for the rows committing alongside, instead of one (mostly empty) round per row.
 async fn recv(listener: &mut Option<PgListener>) -> bool {
     let Some(l) = listener else {
