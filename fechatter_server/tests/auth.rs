@@ -125,6 +125,15 @@ async fn signing_up_stores_a_hashed_password_and_a_lower_cased_email_and_answers
         .send(app.http.get(app.url("/api/users/me")).bearer_auth(access))
         .await;
     assert_eq!((status, me["id"].as_i64()), (StatusCode::OK, Some(user_id)));
+    // The scheme's name is case-insensitive (RFC 9110); some clients write it in lower case.
+    let (status, me) = app
+        .send(
+            app.http
+                .get(app.url("/api/users/me"))
+                .header("authorization", format!("bearer {access}")),
+        )
+        .await;
+    assert_eq!((status, me["id"].as_i64()), (StatusCode::OK, Some(user_id)));
 }
 
 #[tokio::test]

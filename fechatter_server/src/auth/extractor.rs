@@ -4,8 +4,17 @@
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
+use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+
+/// The token of an `Authorization: Bearer <token>` header value. The scheme's name is case-insensitive (RFC 9110,
+/// section 11.1), so `bearer` and `BEARER` are read too; `None` for another scheme or no token.
+pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
 
 /// The caller of an authenticated request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,14 +33,11 @@ impl FromRequestParts<AppState> for AuthUser {
             .headers
             .get(AUTHORIZATION)
             .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer token".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let token = bearer_token(header)
             .ok_or_else(|| ApiError::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
         let claims = state
             .keys
-            .verify(token.trim())
+            .verify(token)
             .map_err(|e| ApiError::Unauthorized(format!("invalid access token: {e}")))?;
         let user_id = claims
             .sub
@@ -41,5 +47,20 @@ impl FromRequestParts<AppState> for AuthUser {
             user_id,
             workspace_id: claims.ws,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_other_schemes_are_not() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer abc"] {
+            assert_eq!(bearer_token(&HeaderValue::from_static(value)), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer_token(&HeaderValue::from_static(value)), None, "{value:?}");
+        }
     }
 }

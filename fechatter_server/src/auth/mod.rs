@@ -7,5 +7,5 @@ pub mod password;
 pub mod refresh;
 pub mod tokens;
 
-pub use extractor::AuthUser;
+pub use extractor::{AuthUser, bearer_token};
 pub use tokens::{Claims, JwtKeys};

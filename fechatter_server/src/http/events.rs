@@ -8,7 +8,7 @@
 //! every 15 s keeps proxies from closing an idle stream. The stream ends when the access token expires (the
 //! client reconnects with a fresh one) and when the server shuts down.
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, bearer_token};
 use crate::error::ApiError;
 use crate::live::{Delivery, Subscription};
 use crate::state::AppState;
@@ -72,9 +72,8 @@ fn token_lifetime_left(state: &AppState, headers: &HeaderMap) -> Duration {
         .unwrap_or(0);
     headers
         .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| state.keys.verify(token.trim()).ok())
+        .and_then(bearer_token)
+        .and_then(|token| state.keys.verify(token).ok())
         .map(|claims| Duration::from_secs(claims.exp.saturating_sub(now)))
         .unwrap_or(Duration::ZERO)
 }

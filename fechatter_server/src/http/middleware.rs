@@ -5,6 +5,7 @@
 //! internal error, instead of dropping the connection.
 
 use crate::analytics::{CLIENT_HEADERS, ClientInfo};
+use crate::auth::bearer_token;
 use crate::error::{ApiError, InternalErrorReport};
 use crate::metrics::{RouteLabel, RouteLabels};
 use crate::state::AppState;
@@ -117,8 +118,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     if let (Some(report), Some(client)) = (response.extensions().get::<InternalErrorReport>(), client) {
         let caller = authorization
             .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .and_then(|t| state.keys.verify(t).ok());
         let context = match caller.and_then(|c| Some((c.sub.parse::<i64>().ok()?, c.ws))) {
             Some((user_id, workspace_id)) => client.context(user_id, workspace_id),
