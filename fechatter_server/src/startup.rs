@@ -4,7 +4,7 @@
 
 use crate::analytics::outbox::{self, RelaySettings};
 use crate::analytics::{Analytics, AnalyticsPublisher, PublisherSettings};
-use crate::auth::JwtKeys;
+use crate::auth::{JwtKeys, prune};
 use crate::chat::send_queue::SendQueue;
 use crate::config::Settings;
 use crate::http;
@@ -172,6 +172,7 @@ impl Application {
             ));
         }
         tracker.spawn(state.live.clone().run(state.pool.clone(), shutdown.clone()));
+        tracker.spawn(prune::run(state.pool.clone(), shutdown.clone()));
         tracker.close();
         tracing::info!(port, "fechatter_server listening");
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -779,3 +779,77 @@ async fn the_openapi_document_describes_the_auth_routes_and_protects_logout() {
     );
     assert!(doc["components"]["schemas"]["SignupRequest"].is_object());
 }
+
+#[tokio::test]
+async fn wholly_expired_refresh_families_and_expired_invitations_are_deleted_and_nothing_live() {
+    let app = TestApp::start(&[]).await;
+    let user = app.signup("Ada Lovelace", "Engines").await;
+    let family = |id: Uuid, expires_days_ago: &[i64]| {
+        let pool = app.pool.clone();
+        let days = expires_days_ago.to_vec();
+        async move {
+            for (i, days) in days.into_iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at, used_at) \
+                     VALUES ($1, $2, $3, $4, now() - make_interval(days => $5), now())",
+                )
+                .bind(Uuid::new_v4())
+                .bind(id)
+                .bind(user.id)
+                .bind(format!("{id}-{i}"))
+                .bind(i32::try_from(days).expect("days"))
+                .execute(&pool)
+                .await
+                .expect("token");
+            }
+        }
+    };
+    // Dead: every token expired days ago. Live: old used tokens, and one that is still valid (-30: expires in 30
+    // days), which keeps them all for reuse detection. Recent: expired an hour ago, within the grace period.
+    let (dead, live) = (Uuid::new_v4(), Uuid::new_v4());
+    family(dead, &[10, 5, 3]).await;
+    family(live, &[10, 5, -30]).await;
+    for (hash, days) in [("expired-invite", 3), ("live-invite", -7)] {
+        sqlx::query(
+            "INSERT INTO workspace_invites (token_hash, workspace_id, created_by, expires_at) \
+             VALUES ($1, $2, $3, now() - make_interval(days => $4))",
+        )
+        .bind(hash)
+        .bind(user.workspace_id)
+        .bind(user.id)
+        .bind(days)
+        .execute(&app.pool)
+        .await
+        .expect("invite");
+    }
+
+    let pruned = fechatter_server::auth::prune::prune(&app.pool).await.expect("prune");
+
+    assert_eq!(
+        pruned,
+        fechatter_server::auth::prune::Pruned {
+            refresh_tokens: 3,
+            invites: 1
+        }
+    );
+    let families: Vec<Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT family_id FROM refresh_tokens WHERE family_id = ANY($1)")
+            .bind(vec![dead, live])
+            .fetch_all(&app.pool)
+            .await
+            .expect("families");
+    assert_eq!(families, vec![live]);
+    let invites: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM workspace_invites")
+        .fetch_all(&app.pool)
+        .await
+        .expect("invites");
+    assert_eq!(invites, vec!["live-invite".to_owned()]);
+    // The sign-up's own session is untouched and refreshes as before.
+    let (status, _) = post(&app, "/api/refresh", json!({ "refresh_token": user.refresh_token })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        fechatter_server::auth::prune::prune(&app.pool).await.expect("prune"),
+        Default::default(),
+        "a second run finds nothing"
+    );
+}
