@@ -21,6 +21,9 @@
 //! untimed (connections opened, statements prepared), and after each slice with analytics on the relay is let
 //! publish what the slice left in the journal (untimed: its rounds run alongside the sends, and would otherwise
 //! be charged to the next slice, of another measurement).
+//!
+//! `--both-on` turns analytics on in the "off" server too: an A/A run, whose on/off (ideally 1.00) shows how much
+//! of a difference the bench itself can make up.
 
 use fechatter_server::analytics::outbox;
 use fechatter_server::auth::JwtKeys;
@@ -61,6 +64,9 @@ struct Args {
     /// PostgreSQL's durability: `on` (production: a commit returns once on disk) or `off` (the tests' settings).
     #[arg(long, default_value = "on", value_parser = test_support::bench_args::durability)]
     durability: Durability,
+    /// Analytics on in the "off" server too: an A/A run, whose on/off shows how far the bench's own noise moves it.
+    #[arg(long)]
+    both_on: bool,
 }
 
 /// What one measurement has measured so far, over its slices.
@@ -225,7 +231,7 @@ impl Api {
         clients: usize,
     ) -> anyhow::Result<Self> {
         let db = postgres
-            .create_database(if analytics { "send_bench_on" } else { "send_bench_off" })
+            .create_database(&format!("send_bench_{}", uuid::Uuid::new_v4().simple()))
             .await?;
         let files = tempfile::tempdir()?;
         let vars: Vec<(String, String)> = [
@@ -386,6 +392,7 @@ async fn main() -> anyhow::Result<()> {
         clients,
         rounds,
         durability,
+        both_on,
     } = <Args as clap::Parser>::parse();
     let per_client = (messages / rounds / clients).max(1);
     println!(
@@ -409,7 +416,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(keys_dir.path().join("public.pem"), public)?;
 
     let raw = Raw::start(&postgres, clients).await?;
-    let off = Api::start(&postgres, &nats, keys_dir.path(), false, clients).await?;
+    let off = Api::start(&postgres, &nats, keys_dir.path(), both_on, clients).await?;
     let on = Api::start(&postgres, &nats, keys_dir.path(), true, clients).await?;
     let targets = [Target::Raw(&raw), Target::Api(&off), Target::Api(&on)];
     for target in &targets {
@@ -428,9 +435,9 @@ async fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let latencies = targets[which].run(per_client, first).await?;
             let timed = Timed::since(started, &cpu);
-            if which == 2 {
-                left_in_journal = left_in_journal.max(on.waiting_events().await?);
-                on.drained().await?;
+            if let Target::Api(api) = &targets[which] {
+                left_in_journal = left_in_journal.max(api.waiting_events().await?);
+                api.drained().await?;
             }
             measured[which].record(latencies, &timed);
             line.push(format!(
@@ -453,6 +460,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("  sends per statement: off {off_batch:.2}, on {on_batch:.2}");
     println!();
+    if both_on {
+        println!("A/A run (--both-on): analytics on in the \"off\" server too; on/off measures the bench's noise");
+    }
     println!("{rounds} slices each, interleaved:");
     println!("| measurement                               |  per second |  p50 ms |  p99 ms |");
     println!("|-------------------------------------------|------------:|--------:|--------:|");
@@ -490,6 +500,6 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("on / off of each round's slices: {}", spread(on_m, off_m));
     println!("on / raw of each round's slices: {}", spread(on_m, raw_m));
-    println!("events waiting for the relay when a slice with analytics on ended (most): {left_in_journal}");
+    println!("events waiting for the relay when a slice ended (most): {left_in_journal}");
     Ok(())
 }
