@@ -9,12 +9,15 @@
 //! stalled every good message behind a bad one for a round trip (measured: 10 % garbage cut throughput by up to
 //! half), so the pipeline hands poison over and moves on, with a bounded number of copies in flight.
 
+use crate::config::Settings;
+use crate::jetstream::{StreamAction, ensure_dead_letter_stream};
 use crate::metrics::Metrics;
 use crate::source::Incoming;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{AckKind, Context};
 use fechatter_service::error::chain;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -131,6 +134,38 @@ pub struct DeadLetterWorkers {
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
     tasks: JoinSet<()>,
+    /// Re-creates the dead-letter stream when copies fail, see [`DeadLetterWorkers::restoring`].
+    restore: Option<Arc<Restore>>,
+}
+
+/// What a failed copy needs to re-create the dead-letter stream, and when that was last tried.
+struct Restore {
+    settings: Arc<Settings>,
+    last: Mutex<Option<Instant>>,
+}
+
+/// Shortest time between two attempts to re-create the dead-letter stream after failed copies.
+const RESTORE_EVERY: Duration = Duration::from_secs(5);
+
+impl Restore {
+    /// Re-creates the dead-letter stream if it is missing, at most every [`RESTORE_EVERY`] across all tasks.
+    async fn after_failed_copy(&self, js: &Context) {
+        {
+            let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < RESTORE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match ensure_dead_letter_stream(js, &self.settings).await {
+            Ok(StreamAction::Created) => tracing::warn!(
+                stream = self.settings.jetstream.dead_letter_stream,
+                "dead-letter stream was missing and is created again"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %chain(&err), "dead-letter stream could not be checked"),
+        }
+    }
 }
 
 impl DeadLetterWorkers {
@@ -141,7 +176,20 @@ impl DeadLetterWorkers {
             metrics,
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             tasks: JoinSet::new(),
+            restore: None,
         }
+    }
+
+    /// After a failed copy, re-creates the dead-letter stream of `settings` when it is missing (an operator
+    /// deleted it while the service ran). Without that, every poison message would fail its copy, stay
+    /// unacknowledged and come back after each ack wait, for good: the check at start-up, and after the source's
+    /// own failures, never runs again, since pulling from the main stream still works.
+    pub fn restoring(mut self, settings: Arc<Settings>) -> Self {
+        self.restore = Some(Arc::new(Restore {
+            settings,
+            last: Mutex::new(None),
+        }));
+        self
     }
 
     /// Hands `message` over to be dead-lettered with `reason` and `error`.
@@ -154,6 +202,7 @@ impl DeadLetterWorkers {
         };
         let letters = self.letters.clone();
         let metrics = self.metrics.clone();
+        let restore = self.restore.clone();
         self.tasks.spawn(async move {
             let _permit = permit;
             log_poison(&message, reason, &error);
@@ -168,6 +217,9 @@ impl DeadLetterWorkers {
                 Err(e) => {
                     metrics.fail("dead_letter");
                     tracing::error!(error = %chain(&e), "dead-lettering failed; the message will be redelivered");
+                    if let Some(restore) = restore {
+                        restore.after_failed_copy(&letters.js).await;
+                    }
                 }
             }
         });

@@ -192,7 +192,7 @@ impl Application {
         let ingesting = state.nats.is_some();
         let dead_letters = state.jetstream.clone().map(|js| {
             let letters = DeadLetters::new(js, js_settings.dead_letter_subject.clone(), js_settings.stream.clone());
-            DeadLetterWorkers::new(letters, state.metrics.clone(), DEAD_LETTERS_IN_FLIGHT)
+            DeadLetterWorkers::new(letters, state.metrics.clone(), DEAD_LETTERS_IN_FLIGHT).restoring(settings.clone())
         });
         // Progress signals only mean something for JetStream's messages.
         let progress = state.jetstream.as_ref().and(state.nats.clone());

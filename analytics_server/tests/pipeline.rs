@@ -146,6 +146,52 @@ async fn legacy_events_of_a_recreated_stream_do_not_replace_older_ones() {
     app.stop().await;
 }
 
+/// An operator deletes the dead-letter stream while the ingester runs: the next poison message fails its copy, and
+/// the ingester creates the stream again, so the message's redelivery is dead-lettered instead of coming back
+/// after every ack wait for good.
+#[tokio::test]
+async fn a_dead_letter_stream_deleted_while_running_is_created_again() {
+    let stack = Stack::start().await;
+    let app = stack
+        .run_in_process(&[
+            ("ANALYTICS__JETSTREAM__ACK_WAIT_SECONDS", "5"),
+            ("ANALYTICS__FLUSH_INTERVAL_SECONDS", "0.5"),
+        ])
+        .await;
+    stack
+        .publish_raw("fechatter.analytics.user.login", vec![0xff, 0xff, 0xff, 0x01])
+        .await;
+    test_support::wait_until("the first dead letter", WAIT, || async {
+        (stack.stream_messages("ANALYTICS_DLQ").await == 1).then_some(())
+    })
+    .await
+    .expect("dead-lettered");
+    stack
+        .js
+        .delete_stream("ANALYTICS_DLQ")
+        .await
+        .expect("an operator deletes the dead-letter stream");
+
+    stack
+        .publish_raw("fechatter.analytics.user.login", vec![0xff, 0xff, 0xff, 0x02])
+        .await;
+    let good = events(1);
+    stack.publish_all(&good).await;
+
+    stack.wait_for_rows(1, WAIT).await;
+    // The copy failed once (no stream took it), the stream came back, and the redelivery was copied.
+    test_support::wait_until("the second dead letter, in a new stream", WAIT, || async {
+        (stack.stream_messages("ANALYTICS_DLQ").await == 1).then_some(())
+    })
+    .await
+    .expect("dead-lettered after the stream was created again");
+    stack.wait_consumer_idle(WAIT).await;
+    let dlq = stack.js.get_stream("ANALYTICS_DLQ").await.expect("dlq stream");
+    let letter = dlq.get_raw_message(1).await.expect("the dead letter");
+    assert_eq!(letter.payload.as_ref(), &[0xff, 0xff, 0xff, 0x02]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn poison_is_dead_lettered_and_the_good_events_around_it_are_stored() {
     let stack = Stack::start().await;
