@@ -170,3 +170,36 @@ async fn the_openapi_document_describes_the_user_routes_as_protected() {
     }
     assert!(doc["components"]["schemas"]["Profile"].is_object());
 }
+
+#[tokio::test]
+async fn the_user_list_comes_a_page_at_a_time_after_the_last_id() {
+    let app = TestApp::start(&[]).await;
+    let alice = app.signup("Alice", "Acme").await;
+    let bob = app.join("Bob", &alice).await;
+    let carol = app.join("Carol", &alice).await;
+    let ids = |list: &serde_json::Value| -> Vec<i64> {
+        list.as_array()
+            .expect("array")
+            .iter()
+            .map(|m| m["id"].as_i64().expect("id"))
+            .collect()
+    };
+
+    let (status, first) = app.get("/api/users?limit=2", &bob).await;
+    assert_eq!((status, ids(&first)), (StatusCode::OK, vec![alice.id, bob.id]));
+    let (status, second) = app.get(&format!("/api/users?limit=2&after={}", bob.id), &bob).await;
+    assert_eq!((status, ids(&second)), (StatusCode::OK, vec![carol.id]));
+    let (status, rest) = app.get(&format!("/api/users?after={}", carol.id), &bob).await;
+    assert_eq!((status, ids(&rest)), (StatusCode::OK, vec![]));
+    let (status, all) = app.get("/api/users?after=&limit=", &bob).await;
+    assert_eq!((status, ids(&all)), (StatusCode::OK, vec![alice.id, bob.id, carol.id]));
+
+    for query in ["limit=0", "limit=101", "after=abc", "limit=1.5"] {
+        let (status, body) = app.get(&format!("/api/users?{query}"), &bob).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{query}: {body}"
+        );
+    }
+}

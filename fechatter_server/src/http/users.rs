@@ -1,16 +1,18 @@
 //! The `users` routes: the caller's own profile (`GET /api/users/me`) and the members of the caller's workspace
-//! (`GET /api/users`). The workspace always comes from the access token, never from the request, so no caller
-//! can list the users of another workspace.
+//! (`GET /api/users`, a page at a time). The workspace always comes from the access token, never from the request,
+//! so no caller can list the users of another workspace.
 
+use super::extract::{ApiQuery, empty_as_none};
 use crate::auth::AuthUser;
+use crate::chat::validate;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -71,14 +73,39 @@ async fn me(State(state): State<AppState>, user: AuthUser) -> Result<Json<Profil
         .ok_or_else(|| ApiError::Unauthorized("the token's user no longer exists".into()))
 }
 
-/// The members of the caller's workspace, by id.
-#[utoipa::path(get, path = "/api/users", tag = "users",
-    responses((status = 200, body = Vec<Member>), (status = 401, description = "missing, invalid or expired token")),
+/// A page of the workspace's members.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MembersQuery {
+    /// Only users with a greater id (the last id of the previous page); empty means absent.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub after: Option<i64>,
+    /// Users per page, 1 to 100 (default 50, also when empty).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub limit: Option<i64>,
+}
+
+/// The members of the caller's workspace, by id, a page at a time: a workspace may hold any number of users, and
+/// an answer holds at most 100.
+#[utoipa::path(get, path = "/api/users", tag = "users", params(MembersQuery),
+    responses((status = 200, body = Vec<Member>,
+            description = "Members by id; pass the last id as `after` for the next page (a short page is the last)"),
+        (status = 400, description = "Invalid limit or after"),
+        (status = 401, description = "missing, invalid or expired token")),
     security(("bearer" = [])))]
-async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Vec<Member>>, ApiError> {
-    let members = sqlx::query_as("SELECT id, fullname, email FROM users WHERE workspace_id = $1 ORDER BY id")
-        .bind(user.workspace_id)
-        .fetch_all(&state.pool)
-        .await?;
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(query): ApiQuery<MembersQuery>,
+) -> Result<Json<Vec<Member>>, ApiError> {
+    let limit = validate::page_limit(query.limit)?;
+    let members = sqlx::query_as(
+        "SELECT id, fullname, email FROM users WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(user.workspace_id)
+    .bind(query.after.unwrap_or(i64::MIN))
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
     Ok(Json(members))
 }
