@@ -75,7 +75,8 @@ async fn events_reach_jetstream_once_with_their_id_as_message_id() {
 }
 
 /// The relay never waits for `flush_interval_ms` (ten minutes here) while rows come in: a message send wakes it
-/// in memory once its statement committed, any other action by a `NOTIFY` delivered on commit.
+/// in memory once its statement committed, and any other action once its transaction committed (neither by a
+/// `NOTIFY`).
 #[tokio::test]
 async fn new_rows_wake_the_relay_long_before_the_flush_interval() {
     let app = TestApp::start(&[("FECHATTER__ANALYTICS__FLUSH_INTERVAL_MS", "600000")]).await;

@@ -805,10 +805,11 @@ async fn wholly_expired_refresh_families_and_expired_invitations_are_deleted_and
         }
     };
     // Dead: every token expired days ago. Live: old used tokens, and one that is still valid (-30: expires in 30
-    // days), which keeps them all for reuse detection. Recent: expired an hour ago, within the grace period.
-    let (dead, live) = (Uuid::new_v4(), Uuid::new_v4());
+    // days), which keeps them all for reuse detection. Recent: expired just now, within the day of grace.
+    let (dead, live, recent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     family(dead, &[10, 5, 3]).await;
     family(live, &[10, 5, -30]).await;
+    family(recent, &[0]).await;
     for (hash, days) in [("expired-invite", 3), ("live-invite", -7)] {
         sqlx::query(
             "INSERT INTO workspace_invites (token_hash, workspace_id, created_by, expires_at) \
@@ -834,11 +835,12 @@ async fn wholly_expired_refresh_families_and_expired_invitations_are_deleted_and
     );
     let families: Vec<Uuid> =
         sqlx::query_scalar("SELECT DISTINCT family_id FROM refresh_tokens WHERE family_id = ANY($1)")
-            .bind(vec![dead, live])
+            .bind(vec![dead, live, recent])
             .fetch_all(&app.pool)
             .await
             .expect("families");
-    assert_eq!(families, vec![live]);
+    assert_eq!(families.len(), 2, "{families:?}");
+    assert!(families.contains(&live) && families.contains(&recent), "{families:?}");
     let invites: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM workspace_invites")
         .fetch_all(&app.pool)
         .await

@@ -63,7 +63,7 @@ impl Analytics {
         }
     }
 
-    /// What [`Analytics::written`] signals; the relay of this process waits on it.
+    /// What [`Analytics::written`] and [`Analytics::committed`] signal; the relay of this process waits on it.
     pub fn relay_wake(&self) -> Arc<Notify> {
         self.relay_wake.clone()
     }

@@ -7,9 +7,13 @@
 //! any token of the family could still be refreshed. Invitations past `expires_at` are refused already
 //! (`http::invites`), so deleting them changes no answer.
 //!
+//! A token that was deleted is unknown: refreshing or logging out with it answers 401 `invalid_refresh_token`
+//! rather than `refresh_token_expired` (or, for a logout, 204), a day after its session could no longer be used.
+//!
 //! Every instance runs it; concurrent runs delete the same rows once. Each statement deletes a bounded number of
-//! families or invitations, so a backlog (a first run on an old database) is worked off over several runs rather
-//! than in one long transaction.
+//! families (a family holds a token per refresh: some 1,300 after two weeks of 15-minute refreshes) or
+//! invitations, in a transaction of its own, and a run repeats them until one comes back short, so a backlog (a
+//! first run on an old database) is worked off without one long transaction.
 
 use sqlx::PgPool;
 use std::time::Duration;
@@ -19,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 const GRACE: &str = "1 day";
 
 /// Most families, and most invitations, one statement deletes.
-const BATCH: i64 = 1_000;
+const BATCH: u64 = 200;
 
 /// Time between two runs; the first comes a minute after start-up.
 const EVERY: Duration = Duration::from_secs(3600);
@@ -33,7 +37,8 @@ pub struct Pruned {
     pub invites: u64,
 }
 
-/// Deletes up to [`BATCH`] wholly expired refresh-token families and up to [`BATCH`] expired invitations.
+/// Deletes up to [`BATCH`] wholly expired refresh-token families and up to [`BATCH`] expired invitations, in a
+/// statement each.
 pub async fn prune(pool: &PgPool) -> Result<Pruned, sqlx::Error> {
     let refresh_tokens = sqlx::query(
         "DELETE FROM refresh_tokens WHERE family_id IN ( \
@@ -41,7 +46,7 @@ pub async fn prune(pool: &PgPool) -> Result<Pruned, sqlx::Error> {
              HAVING max(expires_at) < now() - $1::interval LIMIT $2)",
     )
     .bind(GRACE)
-    .bind(BATCH)
+    .bind(BATCH as i64)
     .execute(pool)
     .await?
     .rows_affected();
@@ -50,7 +55,7 @@ pub async fn prune(pool: &PgPool) -> Result<Pruned, sqlx::Error> {
              SELECT token_hash FROM workspace_invites WHERE expires_at < now() - $1::interval LIMIT $2)",
     )
     .bind(GRACE)
-    .bind(BATCH)
+    .bind(BATCH as i64)
     .execute(pool)
     .await?
     .rows_affected();
@@ -60,8 +65,8 @@ pub async fn prune(pool: &PgPool) -> Result<Pruned, sqlx::Error> {
     })
 }
 
-/// Runs [`prune`] a minute after start-up and then every hour, until `shutdown` is cancelled. A failed run is
-/// logged and tried again at the next.
+/// Runs [`prune`] a minute after start-up and then every hour, until `shutdown` is cancelled; each run repeats
+/// it while it finds a full batch of either kind. A failed run is logged and tried again at the next.
 pub async fn run(pool: PgPool, shutdown: CancellationToken) {
     let mut wait = Duration::from_secs(60);
     loop {
@@ -70,17 +75,31 @@ pub async fn run(pool: PgPool, shutdown: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
         }
         wait = EVERY;
-        match prune(&pool).await {
-            Ok(Pruned {
-                refresh_tokens: 0,
-                invites: 0,
-            }) => {}
-            Ok(pruned) => tracing::info!(
-                refresh_tokens = pruned.refresh_tokens,
-                invites = pruned.invites,
+        let mut total = Pruned::default();
+        let outcome = loop {
+            match prune(&pool).await {
+                Ok(pruned) => {
+                    total.refresh_tokens += pruned.refresh_tokens;
+                    total.invites += pruned.invites;
+                    // A full batch of invitations, or any family deleted (their rows count tokens, not
+                    // families): look again, unless the server is stopping.
+                    let more = pruned.invites >= BATCH || pruned.refresh_tokens > 0;
+                    if !more || shutdown.is_cancelled() {
+                        break Ok(());
+                    }
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        if total != Pruned::default() {
+            tracing::info!(
+                refresh_tokens = total.refresh_tokens,
+                invites = total.invites,
                 "expired credentials deleted"
-            ),
-            Err(err) => tracing::warn!(error = %crate::error_chain(&err), "expired credentials not deleted"),
+            );
+        }
+        if let Err(err) = outcome {
+            tracing::warn!(error = %crate::error_chain(&err), "expired credentials not deleted");
         }
     }
 }

@@ -182,7 +182,8 @@ async fn revoke(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, sqlx::E
 
 /// Revokes the family of `presented` when it belongs to `user_id` (a logout), on `conn` — pass the transaction
 /// that also records the logout. `None` when the token is unknown or another user's. Used, expired or already
-/// revoked tokens still name their family, so logging out with an older token of a session ends it all the same.
+/// revoked tokens still name their family, so logging out with an older token of a session ends it all the same,
+/// until the family is deleted a day after its last token expired (`auth::prune`): the token is unknown then.
 pub async fn revoke_family_of(
     conn: &mut PgConnection,
     presented: &str,

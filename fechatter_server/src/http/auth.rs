@@ -484,7 +484,8 @@ async fn refresh_tokens(
     )?))
 }
 
-/// End the session of the given refresh token: every token of it is revoked. Logging out twice is harmless.
+/// End the session of the given refresh token: every token of it is revoked. Logging out twice is harmless (but a
+/// session whose every token expired more than a day ago is deleted, and its tokens are unknown: 401).
 #[utoipa::path(post, path = "/api/logout", tag = "auth", request_body = RefreshRequest,
     responses(
         (status = 204, description = "the session is revoked"),
