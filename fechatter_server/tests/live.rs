@@ -14,7 +14,8 @@ use common::{TestApp, User};
 use fechatter_server::auth::JwtKeys;
 use fechatter_server::config::Settings;
 use fechatter_server::live::{
-    BUFFER_EVENTS, Delivery, LiveHub, LiveKind, MAX_STREAMS_PER_USER, POLL_INTERVAL, Subscription, journal,
+    BUFFER_EVENTS, Delivery, LiveHub, LiveKind, MAX_CONCURRENT_LOADS, MAX_STREAMS_PER_USER, POLL_INTERVAL,
+    Subscription, journal,
 };
 use fechatter_server::startup::Application;
 use futures::{Stream, StreamExt as _};
@@ -444,6 +445,49 @@ async fn next_delivery(subscription: &mut Subscription) -> Delivery {
         .await
         .expect("a delivery in time")
         .expect("the subscription is open")
+}
+
+/// Every stream loads its membership when it starts, and again on each resync, which reaches all of them at once:
+/// the loads hold at most `MAX_CONCURRENT_LOADS` of the pool's connections, however many streams load together,
+/// and leave the others to the API's requests.
+#[tokio::test]
+async fn streams_loading_their_membership_together_leave_connections_to_requests() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let (hub, stop) = standalone_hub(&app).await;
+    // One connection more than the loads may hold; a request must still get it while every load is stuck.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(MAX_CONCURRENT_LOADS + 1).expect("small"))
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&app.database_url)
+        .expect("pool");
+    // Membership reads wait, holding their connections, while this transaction holds the table.
+    let mut lock = app.pool.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE chat_members IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    let loads: Vec<_> = (0..MAX_STREAMS_PER_USER)
+        .map(|_| {
+            let mut subscription = hub.subscribe(pool.clone(), ada.id).expect("subscription");
+            tokio::spawn(async move { next_delivery(&mut subscription).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let request = pool.acquire().await;
+
+    assert!(
+        request.is_ok(),
+        "a request waited in vain for a connection while streams loaded"
+    );
+    drop(request);
+    lock.rollback().await.expect("unlock");
+    for load in loads {
+        let delivery = load.await.expect("load task");
+        assert!(matches!(delivery, Delivery::Ready { chats: 0 }), "{delivery:?}");
+    }
+    stop.cancel();
 }
 
 #[tokio::test]

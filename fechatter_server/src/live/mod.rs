@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The PostgreSQL notification channel on which hubs wake each other after reading their own instance's changes.
@@ -52,6 +52,11 @@ pub const MAX_NOTICES_PER_READ: usize = 2_000;
 /// under load, at 2 ms the hub read a few hundred times a second and sends ran 7-10 % slower than at 10 ms
 /// (`send_bench`, noisy). 10 ms is well below what a person in a chat notices.
 const COALESCE: Duration = Duration::from_millis(10);
+/// Most subscribers of one instance loading their membership at once. A resync reaches every stream together (up
+/// to [`MAX_SUBSCRIBERS`]), and each reloads its chats on a connection of the server's pool: unbounded, they would
+/// take every connection, and the API's requests would time out waiting for one. Loads queue for these instead.
+pub const MAX_CONCURRENT_LOADS: usize = 4;
+
 /// Events a subscriber may fall behind before it loses the oldest and is told to resync.
 pub const BUFFER_EVENTS: usize = 1024;
 /// Longest wait before reading the journal again after a failed read.
@@ -318,6 +323,8 @@ struct Inner {
     stopped: CancellationToken,
     /// Places for open streams.
     slots: Slots,
+    /// Permits to load a membership, [`MAX_CONCURRENT_LOADS`] in all.
+    loads: Arc<Semaphore>,
 }
 
 impl Default for LiveHub {
@@ -344,6 +351,7 @@ impl LiveHub {
                 poll_interval,
                 stopped: CancellationToken::new(),
                 slots: Slots::default(),
+                loads: Arc::new(Semaphore::new(MAX_CONCURRENT_LOADS)),
             }),
         }
     }
@@ -356,6 +364,7 @@ impl LiveHub {
             receiver: self.inner.events.subscribe(),
             following: self.inner.following.subscribe(),
             pool,
+            loads: self.inner.loads.clone(),
             user_id,
             membership: None,
             _slot: slot,
@@ -570,6 +579,8 @@ pub struct Subscription {
     following: watch::Receiver<bool>,
     /// To load the membership.
     pool: PgPool,
+    /// The hub's permits to load one ([`MAX_CONCURRENT_LOADS`]).
+    loads: Arc<Semaphore>,
     /// The subscriber.
     user_id: i64,
     /// `None` until loaded, once the hub follows the journal.
@@ -612,6 +623,8 @@ impl Subscription {
 
     async fn load(&self) -> Option<Membership> {
         let loaded = async {
+            // The hub's semaphore is never closed.
+            let _permit = self.loads.acquire().await.ok();
             let mut conn = self.pool.acquire().await?;
             store::chat_ids_of(&mut conn, self.user_id).await
         };
