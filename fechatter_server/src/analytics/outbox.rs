@@ -406,8 +406,9 @@ async fn connect_listener(pool: &PgPool) -> Option<PgListener> {
 /// Waits for a notification; false when the listener is gone (then the timer drives the relay).
 ///
 /// Under load (builds that notified did so with every row) notifications arrive far faster than rounds are needed:
-/// one round claims every row committed so far. The notifications already buffered are therefore dropped after the first, and the
-/// round waits [`COALESCE`] for the rows committing alongside, instead of one (mostly empty) round per row.
+/// one round claims every row committed so far. The notifications already buffered are therefore dropped after the
+/// first, and the round waits [`COALESCE`] for the rows committing alongside, instead of one (mostly empty) round
+/// per row.
 async fn recv(listener: &mut Option<PgListener>) -> bool {
     let Some(l) = listener else {
         return std::future::pending().await;
