@@ -419,6 +419,15 @@ fn is_literal_subject(subject: &str) -> bool {
         .all(|token| !token.is_empty() && token != "*" && token != ">" && !token.contains(char::is_whitespace))
 }
 
+/// The subjects among `subjects` that `pattern` does not match, in their order.
+pub fn uncovered<'a>(pattern: &str, subjects: &'a [String]) -> Vec<&'a str> {
+    subjects
+        .iter()
+        .filter(|subject| !subject_matches(pattern, subject))
+        .map(String::as_str)
+        .collect()
+}
+
 /// True when every subject matched by `candidate` (a subject or pattern) is matched by `pattern`.
 ///
 /// NATS wildcards: `*` matches one token, `>` (last) one or more.

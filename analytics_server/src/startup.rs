@@ -128,6 +128,18 @@ impl Application {
         } else {
             tracing::warn!("integrations.messaging.enabled is false: consuming nothing");
         }
+        let subjects = fechatter_protos::all_subjects();
+        let missed = crate::config::uncovered(&messaging.subjects.analytics_events, &subjects);
+        if messaging.enabled && !missed.is_empty() {
+            // Not refused: `analytics_server check` must be able to load such a configuration to diagnose it.
+            tracing::error!(
+                analytics_events = %messaging.subjects.analytics_events,
+                missed = %missed.join(", "),
+                "integrations.messaging.subjects.analytics_events does not cover every event subject: events \
+                 fechatter_server publishes there, and POST /api/event of those types, are never stored; set it \
+                 to fechatter.analytics.>"
+            );
+        }
 
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).await.map_err(|source| StartupError::Bind {

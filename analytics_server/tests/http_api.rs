@@ -418,3 +418,56 @@ async fn a_body_that_never_arrives_is_answered_408() {
     assert_eq!(body["error"], "body_timeout", "{body}");
     app.stop().await;
 }
+
+/// An `analytics_events` pattern that leaves event types out (the seed document's `fechatter.analytics.events` is
+/// one such): an event of such a type gets an answer that names the key, not a 503 "retry later" that no retry
+/// outlives, and the events the pattern covers are stored.
+#[tokio::test]
+async fn an_event_on_a_subject_the_ingester_does_not_consume_is_answered_naming_the_key() {
+    let stack = Stack::start().await;
+    let pattern = "fechatter.analytics.user.>";
+    // The compatibility patterns and the batch subject must lie inside `analytics_events`.
+    let vars = [
+        (
+            "ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_EVENTS",
+            pattern,
+        ),
+        (
+            "ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ANALYTICS_BATCH",
+            "fechatter.analytics.user.batch",
+        ),
+        ("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__USER_EVENTS", pattern),
+        ("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__CHAT_EVENTS", pattern),
+        ("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__MESSAGE_EVENTS", pattern),
+        ("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__BOT_EVENTS", pattern),
+        ("ANALYTICS__INTEGRATIONS__MESSAGING__SUBJECTS__ERROR_EVENTS", pattern),
+    ];
+    let app = stack.run_in_process(&vars).await;
+    let sample = events(fechatter_protos::sample_events().len());
+    let outside = sample
+        .iter()
+        .find(|e| !e.subject().expect("typed").starts_with("fechatter.analytics.user."))
+        .expect("an event of another type");
+    let inside = sample
+        .iter()
+        .find(|e| e.subject().expect("typed").starts_with("fechatter.analytics.user."))
+        .expect("a user event");
+
+    let (status, body) = post(
+        &app.url("/api/event"),
+        "application/x-protobuf",
+        outside.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"], "not_consumed", "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("integrations.messaging.subjects.analytics_events") && message.contains(pattern),
+        "{message}"
+    );
+    let (status, body) = post(&app.url("/api/event"), "application/x-protobuf", inside.encode_to_vec()).await;
+    assert_eq!(status, 202, "{body}");
+    stack.wait_for_rows(1, WAIT).await;
+    app.stop().await;
+}

@@ -4,7 +4,7 @@
 //! the subscriber listened to `fechatter.analytics.events` only. This compares the publisher's own account of
 //! its settings (`fechatter_server analytics-config`) with this service's configuration.
 
-use crate::config::{Settings, subject_matches};
+use crate::config::{Settings, uncovered};
 use serde::Deserialize;
 
 /// What `fechatter_server analytics-config` prints.
@@ -79,12 +79,7 @@ pub fn check_publisher(settings: &Settings, publisher: &PublisherSettings) -> Re
         ));
     }
     let pattern = &messaging.subjects.analytics_events;
-    let uncovered: Vec<&str> = publisher
-        .subjects
-        .iter()
-        .filter(|s| !subject_matches(pattern, s))
-        .map(String::as_str)
-        .collect();
+    let uncovered = uncovered(pattern, &publisher.subjects);
     report.check(
         uncovered.is_empty() && !publisher.subjects.is_empty(),
         format!(

@@ -336,6 +336,22 @@ async fn record_event(
         let who = &request.caller;
         prepare(&mut event, None, now_ms(), &who.ip, who.user_agent.as_deref())?;
         let subject = event.subject().unwrap_or_default();
+        let consumed = &state.settings.integrations.messaging.subjects.analytics_events;
+        if !crate::config::subject_matches(consumed, &subject) {
+            // The stream would refuse it, for good: the configuration's fault, not the client's, and not one a
+            // retry outlives (a 503 "retry later" would send the client round in circles).
+            state.metrics.reject("not_consumed");
+            tracing::error!(subject, analytics_events = %consumed, "HTTP event on a subject this ingester does not consume");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_consumed",
+                format!(
+                    "events of this type go to {subject}, which this ingester does not consume \
+                     (integrations.messaging.subjects.analytics_events is {consumed}): its operator must fix the \
+                     configuration; retrying does not help until then"
+                ),
+            ));
+        }
         let ids = vec![event.event_id().to_owned()];
         publish(&state, subject, &ids[0], Bytes::from(event.encode_to_vec()))
             .await
