@@ -245,6 +245,116 @@ async fn the_chat_list_holds_the_callers_chats_with_the_most_recently_active_fir
     );
 }
 
+/// The ids of a list answer's items under `key`.
+fn ids_of(answer: &Value, key: &str) -> Vec<i64> {
+    answer
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|item| item[key].as_i64().expect("id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_chat_list_comes_in_pages_that_follow_each_other_without_gap_or_repeat() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let mut chats = Vec::new();
+    for n in 0..5 {
+        chats.push(create(&app, &ada, &format!("Chat {n}"), "group", &[]).await);
+    }
+    // Two chats with the same activity instant, so that only the id orders them: the cursor must hold both.
+    sqlx::query("UPDATE chats SET last_activity_at = '2026-01-01T00:00:00Z' WHERE id = ANY($1)")
+        .bind(&chats[1..3])
+        .execute(&app.pool)
+        .await
+        .expect("same instant");
+    let (status, whole) = app.get("/api/chats", &ada).await;
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    let expected = vec![chats[4], chats[3], chats[0], chats[2], chats[1]];
+    assert_eq!(ids_of(&whole, "id"), expected);
+
+    let mut paged = Vec::new();
+    let mut path = "/api/chats?limit=2".to_owned();
+    loop {
+        let (status, page) = app.get(&path, &ada).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let items = page.as_array().expect("array");
+        paged.extend(ids_of(&page, "id"));
+        let Some(last) = items.last().filter(|_| items.len() == 2) else {
+            break;
+        };
+        let activity = last["last_activity_at"].as_str().expect("activity");
+        path = format!("/api/chats?limit=2&before_activity={activity}&before_id={}", last["id"]);
+    }
+    assert_eq!(paged, expected, "pages of 2, in order, each chat once");
+
+    for (path, code) in [
+        ("/api/chats?before_id=5", "invalid_cursor"),
+        ("/api/chats?before_activity=2026-01-01T00:00:00Z", "invalid_cursor"),
+        ("/api/chats?before_activity=yesterday&before_id=5", "invalid_query"),
+        ("/api/chats?limit=0", "invalid_limit"),
+        ("/api/chats?limit=101", "invalid_limit"),
+    ] {
+        let (status, body) = app.get(path, &ada).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = app.get("/api/chats?before_activity=&before_id=&limit=", &ada).await;
+    assert_eq!(status, StatusCode::OK, "empty parameters are absent ones: {body}");
+    assert_eq!(ids_of(&body, "id"), expected);
+}
+
+#[tokio::test]
+async fn a_chats_members_come_in_pages_by_user_id() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let mut others = Vec::new();
+    for name in ["Bob", "Cy", "Dan", "Eve"] {
+        others.push(app.direct_user(name, Some(ada.workspace_id)).await);
+    }
+    let channel = create(
+        &app,
+        &ada,
+        "Everyone",
+        "public_channel",
+        &others.iter().collect::<Vec<_>>(),
+    )
+    .await;
+    let base = format!("/api/chats/{channel}/members");
+
+    let (status, first) = app.get(&format!("{base}?limit=2"), &others[0]).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, second) = app
+        .get(&format!("{base}?limit=2&after={}", first[1]["user_id"]), &others[0])
+        .await;
+    let (_, third) = app
+        .get(&format!("{base}?limit=2&after={}", second[1]["user_id"]), &others[0])
+        .await;
+    let paged: Vec<i64> = [first, second, third]
+        .iter()
+        .flat_map(|page| ids_of(page, "user_id"))
+        .collect();
+    assert_eq!(paged, member_ids(&app, channel).await, "three pages, by user id");
+    assert_eq!(paged.len(), 5);
+
+    let (status, body) = app.get(&format!("{base}?limit=1000"), &ada).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_limit")),
+        "{body}"
+    );
+    let (status, body) = app.get(&format!("{base}?after=first"), &ada).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query")),
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn only_the_owner_may_rename_or_delete_a_chat() {
     let app = TestApp::start(&[]).await;
@@ -437,13 +547,11 @@ async fn users_of_the_workspace_may_view_and_join_a_public_channel_but_read_it_o
         .await;
 
     assert_eq!(status, StatusCode::OK, "{members}");
-    let listed: Vec<i64> = members
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|m| m["user_id"].as_i64().expect("id"))
-        .collect();
-    assert_eq!(sorted(listed), sorted(vec![ada.id, carl.id]));
+    assert_eq!(
+        ids_of(&members, "user_id"),
+        vec![carl.id],
+        "the answer names the users the request named"
+    );
     assert_eq!(member_ids(&app, channel).await, sorted(vec![ada.id, carl.id]));
     let joined = later_joins(&app).await;
     assert_eq!(joined.len(), 1);
@@ -588,7 +696,11 @@ async fn the_owner_adds_and_removes_members_and_each_change_is_recorded_for_the_
     let (status, members) = app.post(&base, &ada, json!({ "user_ids": [cy.id, bob.id] })).await;
 
     assert_eq!(status, StatusCode::OK, "{members}");
-    assert_eq!(members.as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        ids_of(&members, "user_id"),
+        sorted(vec![bob.id, cy.id]),
+        "the users named, by id"
+    );
     assert_eq!(member_ids(&app, chat).await, sorted(vec![ada.id, bob.id, cy.id]));
     let joined = later_joins(&app).await;
     assert_eq!(joined.len(), 1, "bob was a member already");

@@ -9,6 +9,7 @@ use crate::analytics::outbox::OutboxRow;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::live::LiveKind;
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row as _};
 
 /// Columns of [`Chat`], selected from `chats c`. `last_activity_at` is the newest message's time (one probe of
@@ -20,10 +21,20 @@ use sqlx::{PgConnection, Row as _};
 /// is ever assembled at run time.
 macro_rules! chat_columns {
     () => {
-        "c.id, c.name, c.chat_type, c.owner_id, c.workspace_id, c.created_at, \
-         GREATEST(c.last_activity_at, (SELECT lm.created_at FROM messages lm WHERE lm.chat_id = c.id \
-             ORDER BY lm.id DESC LIMIT 1)) AS last_activity_at, \
-         ARRAY(SELECT m.user_id FROM chat_members m WHERE m.chat_id = c.id ORDER BY m.user_id) AS members"
+        concat!(
+            "c.id, c.name, c.chat_type, c.owner_id, c.workspace_id, c.created_at, ",
+            chat_activity!(),
+            " AS last_activity_at, \
+             ARRAY(SELECT m.user_id FROM chat_members m WHERE m.chat_id = c.id ORDER BY m.user_id) AS members"
+        )
+    };
+}
+
+/// The `last_activity_at` of chat `c` (see [`chat_columns`]).
+macro_rules! chat_activity {
+    () => {
+        "GREATEST(c.last_activity_at, (SELECT lm.created_at FROM messages lm WHERE lm.chat_id = c.id \
+             ORDER BY lm.id DESC LIMIT 1))"
     };
 }
 
@@ -90,18 +101,48 @@ pub async fn chat(conn: &mut PgConnection, chat_id: i64) -> Result<Chat, ApiErro
         .ok_or(ApiError::NotFound("chat"))
 }
 
-/// The chats `caller` is a member of, most recently active first.
-pub async fn chats_of(conn: &mut PgConnection, caller: AuthUser) -> Result<Vec<Chat>, sqlx::Error> {
+/// Where a page of a caller's chats starts: after the chat with this activity time and id, the last of the
+/// previous page (chats are ordered by both, newest first, so that chats active at the same instant are neither
+/// skipped nor repeated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatCursor {
+    /// The previous page's last `last_activity_at`.
+    pub activity: DateTime<Utc>,
+    /// The previous page's last chat id.
+    pub id: i64,
+}
+
+/// Up to `limit` chats `caller` is a member of, most recently active first, after `after` (from the first when
+/// `None`).
+///
+/// The activity of every chat of the caller is computed to order them (one index probe each); the members of the
+/// page's chats only.
+pub async fn chats_of(
+    conn: &mut PgConnection,
+    caller: AuthUser,
+    after: Option<ChatCursor>,
+    limit: i64,
+) -> Result<Vec<Chat>, sqlx::Error> {
     sqlx::query_as::<_, Chat>(concat!(
-        "SELECT ",
+        // Materialized: inlined, the activity would be computed twice per chat, for the filter and the order.
+        "WITH mine AS MATERIALIZED ( \
+             SELECT c.id, ",
+        chat_activity!(),
+        " AS activity \
+             FROM chats c JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $1 \
+             WHERE c.workspace_id = $2), \
+         page AS ( \
+             SELECT id, activity FROM mine WHERE $3::timestamptz IS NULL OR (activity, id) < ($3, $4) \
+             ORDER BY activity DESC, id DESC LIMIT $5) \
+         SELECT ",
         chat_columns!(),
-        " FROM chats c \
-         JOIN chat_members me ON me.chat_id = c.id AND me.user_id = $1 \
-         WHERE c.workspace_id = $2 \
-         ORDER BY last_activity_at DESC, c.id DESC"
+        " FROM page JOIN chats c ON c.id = page.id ORDER BY page.activity DESC, page.id DESC"
     ))
     .bind(caller.user_id)
     .bind(caller.workspace_id)
+    .bind(after.map(|a| a.activity))
+    .bind(after.map(|a| a.id))
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await
 }
@@ -206,13 +247,34 @@ pub async fn remove_member(conn: &mut PgConnection, chat_id: i64, user_id: i64) 
     Ok(done.rows_affected() > 0)
 }
 
-/// The members of chat `chat_id`, in the order they joined.
-pub async fn members(conn: &mut PgConnection, chat_id: i64) -> Result<Vec<Member>, sqlx::Error> {
+/// Which members of a chat to read.
+#[derive(Debug, Clone, Copy)]
+pub enum MemberSelection<'a> {
+    /// Up to `limit` members with a user id greater than `after`, by user id.
+    Page { after: Option<i64>, limit: i64 },
+    /// Those of these users who are members, by user id.
+    Among(&'a [i64]),
+}
+
+/// The members of chat `chat_id` that `selection` names, by user id.
+pub async fn members(
+    conn: &mut PgConnection,
+    chat_id: i64,
+    selection: MemberSelection<'_>,
+) -> Result<Vec<Member>, sqlx::Error> {
+    let (after, among, limit) = match selection {
+        MemberSelection::Page { after, limit } => (after, None, limit),
+        MemberSelection::Among(ids) => (None, Some(ids), i64::MAX),
+    };
     sqlx::query_as::<_, Member>(
         "SELECT m.user_id, u.fullname, m.joined_at FROM chat_members m JOIN users u ON u.id = m.user_id \
-         WHERE m.chat_id = $1 ORDER BY m.joined_at, m.user_id",
+         WHERE m.chat_id = $1 AND m.user_id > $2 AND ($3::bigint[] IS NULL OR m.user_id = ANY($3)) \
+         ORDER BY m.user_id LIMIT $4",
     )
     .bind(chat_id)
+    .bind(after.unwrap_or(i64::MIN))
+    .bind(among)
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await
 }

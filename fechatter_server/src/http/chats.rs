@@ -5,18 +5,20 @@
 
 use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::AuthUser;
+use crate::chat::store::ChatCursor;
 use crate::chat::{Chat, ChatType, store, validate};
 use crate::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, empty_as_none};
 use crate::live::{self, LiveKind, Notice};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
 use fechatter_protos::v1::analytics_event::EventType;
 use fechatter_protos::v1::{ChatCreatedEvent, ChatJoinedEvent, ChatLeftEvent};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -111,20 +113,63 @@ async fn create_chat(
     Ok((StatusCode::CREATED, Json(chat)))
 }
 
-/// The caller's chats, most recently active first.
+/// A page of the caller's chats.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChatsQuery {
+    /// Only chats after the previous page's last one: its `last_activity_at`, as the answer gave it; with
+    /// `before_id`. Empty means absent.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub before_activity: Option<DateTime<Utc>>,
+    /// The previous page's last chat id; with `before_activity`. Empty means absent.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub before_id: Option<i64>,
+    /// Chats per page, 1 to 100 (default 50, also when empty).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub limit: Option<i64>,
+}
+
+impl ChatsQuery {
+    /// Where the page starts: both halves of the cursor, or neither.
+    fn cursor(&self) -> Result<Option<ChatCursor>, ApiError> {
+        match (self.before_activity, self.before_id) {
+            (Some(activity), Some(id)) => Ok(Some(ChatCursor { activity, id })),
+            (None, None) => Ok(None),
+            _ => Err(ApiError::bad_request(
+                "invalid_cursor",
+                "before_activity and before_id go together: pass the last_activity_at and id of the previous \
+                 page's last chat",
+            )),
+        }
+    }
+}
+
+/// The caller's chats, most recently active first, a page at a time: a user may be in any number of chats, and
+/// an answer holds at most 100.
 #[utoipa::path(
     get,
     path = "/api/chats",
     tag = "chats",
+    params(ChatsQuery),
     responses(
-        (status = 200, description = "The chats the caller is a member of", body = Vec<Chat>),
+        (status = 200, description = "The chats the caller is a member of, most recently active first; pass the \
+            last one's `last_activity_at` and `id` as `before_activity` and `before_id` for the next page (a short \
+            page is the last)", body = Vec<Chat>),
+        (status = 400, description = "Invalid limit or cursor"),
         (status = 401, description = "Missing or invalid access token"),
     ),
     security(("bearer" = []))
 )]
-async fn list_chats(State(state): State<AppState>, user: AuthUser) -> Result<Json<Vec<Chat>>, ApiError> {
+async fn list_chats(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(query): ApiQuery<ChatsQuery>,
+) -> Result<Json<Vec<Chat>>, ApiError> {
+    let limit = validate::page_limit(query.limit)?;
+    let cursor = query.cursor()?;
     let mut conn = state.pool.acquire().await?;
-    Ok(Json(store::chats_of(&mut conn, user).await?))
+    Ok(Json(store::chats_of(&mut conn, user, cursor, limit).await?))
 }
 
 /// One chat.

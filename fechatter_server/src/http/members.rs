@@ -7,9 +7,11 @@
 
 use crate::analytics::{ClientInfo, Recorded};
 use crate::auth::AuthUser;
+use crate::chat::store::MemberSelection;
 use crate::chat::{ChatType, Member, Role, store, validate};
 use crate::error::ApiError;
-use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::http::users::MembersQuery;
 use crate::live::{self, LiveKind, Notice};
 use crate::state::AppState;
 use axum::Json;
@@ -37,14 +39,18 @@ pub struct AddMembers {
     pub user_ids: Vec<i64>,
 }
 
-/// The members of a chat.
+/// The members of a chat, by user id, a page at a time: a public channel may hold any number of users, and an
+/// answer holds at most 100.
 #[utoipa::path(
     get,
     path = "/api/chats/{id}/members",
     tag = "members",
-    params(("id" = i64, Path, description = "Chat id")),
+    params(("id" = i64, Path, description = "Chat id"), MembersQuery),
     responses(
-        (status = 200, description = "Members in the order they joined", body = Vec<Member>),
+        (status = 200, body = Vec<Member>,
+            description = "Members by user id; pass the last `user_id` as `after` for the next page (a short page \
+                is the last)"),
+        (status = 400, description = "Invalid limit or after"),
         (status = 401, description = "Missing or invalid access token"),
         (status = 404, description = "No such chat visible to the caller"),
     ),
@@ -54,10 +60,16 @@ async fn list_members(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(chat_id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> Result<Json<Vec<Member>>, ApiError> {
+    let limit = validate::page_limit(query.limit)?;
     let mut conn = state.pool.acquire().await?;
     store::access(&mut conn, chat_id, user).await?;
-    Ok(Json(store::members(&mut conn, chat_id).await?))
+    let page = MemberSelection::Page {
+        after: query.after,
+        limit,
+    };
+    Ok(Json(store::members(&mut conn, chat_id, page).await?))
 }
 
 /// Adds members (owner), or joins a public channel (anyone in the workspace, adding only themselves).
@@ -68,8 +80,8 @@ async fn list_members(
     params(("id" = i64, Path, description = "Chat id")),
     request_body = AddMembers,
     responses(
-        (status = 200, description = "The members after the change; users already members are left as they were",
-            body = Vec<Member>),
+        (status = 200, description = "The users named, as members now, by user id (`joined_at` tells the users \
+            added now from those who were members already, who are left as they were)", body = Vec<Member>),
         (status = 400, description = "No or too many users, users outside the workspace (named), or a single chat"),
         (status = 401, description = "Missing or invalid access token"),
         (status = 403, description = "Only the owner adds others"),
@@ -129,7 +141,8 @@ async fn add_members(
     if !added.is_empty() {
         live::notify(&mut tx, &Notice::members(LiveKind::MemberJoined, chat_id, &added)).await?;
     }
-    let members = store::members(&mut tx, chat_id).await?;
+    // The users named, not the whole chat: a channel may hold any number of members.
+    let members = store::members(&mut tx, chat_id, MemberSelection::Among(&ids)).await?;
     tx.commit().await?;
     state.analytics.committed(recorded);
     state.live.committed();
