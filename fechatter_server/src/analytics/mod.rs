@@ -82,11 +82,26 @@ impl Analytics {
         kind: EventType,
         request: &RequestContext,
     ) -> Result<Recorded, sqlx::Error> {
+        self.record_all(conn, [(kind, request.clone())]).await
+    }
+
+    /// Writes the events of `events`, each of a kind and its context, to the outbox on `conn` in one statement, as
+    /// [`Analytics::record`] writes one: for changes that concern many users (a chat's creation, deletion, new
+    /// members), whose transaction would otherwise hold its locks for a round trip per user.
+    pub async fn record_all(
+        &self,
+        conn: &mut PgConnection,
+        events: impl IntoIterator<Item = (EventType, RequestContext)>,
+    ) -> Result<Recorded, sqlx::Error> {
         if !self.enabled {
             return Ok(Recorded::default());
         }
-        outbox::enqueue(conn, &build_event(kind, request)).await?;
-        Ok(Recorded(1))
+        let events: Vec<_> = events
+            .into_iter()
+            .map(|(kind, request)| build_event(kind, &request))
+            .collect();
+        outbox::enqueue(conn, &events).await?;
+        Ok(Recorded(events.len() as u64))
     }
 
     /// Counts the events `recorded` in a transaction that has now committed

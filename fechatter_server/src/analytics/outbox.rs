@@ -84,18 +84,25 @@ pub fn log_queued(row: &OutboxRow) {
     tracing::debug!("✅ Analytics event {} queued successfully", row.suffix());
 }
 
-/// Writes `event` to the outbox on `conn` (the caller's transaction); the caller wakes the relay once it committed
-/// ([`super::Analytics::committed`]).
-pub async fn enqueue(conn: &mut PgConnection, event: &AnalyticsEvent) -> Result<(), sqlx::Error> {
-    log_queuing(event);
-    let row = OutboxRow::new(event)?;
-    sqlx::query("INSERT INTO analytics_outbox (event_id, subject, payload) VALUES ($1, $2, $3)")
-        .bind(row.event_id)
-        .bind(&row.subject)
-        .bind(&row.payload)
-        .execute(&mut *conn)
-        .await?;
-    log_queued(&row);
+/// Writes `events` to the outbox on `conn` (the caller's transaction), in one statement however many they are (a
+/// chat's deletion writes one per member): a round trip each would hold the caller's locks that much longer. The
+/// caller wakes the relay once it committed ([`super::Analytics::committed`]).
+pub async fn enqueue(conn: &mut PgConnection, events: &[AnalyticsEvent]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    events.iter().for_each(log_queuing);
+    let rows = events.iter().map(OutboxRow::new).collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "INSERT INTO analytics_outbox (event_id, subject, payload) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])",
+    )
+    .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.subject.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    rows.iter().for_each(log_queued);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! Outsiders get 404 for a chat, as if it did not exist ([`crate::chat::policy`]); users of the workspace may
 //! view a `public_channel` they are not a member of. Renaming and deleting are the owner's (403 for others).
 
-use crate::analytics::{ClientInfo, Recorded};
+use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
 use crate::chat::store::ChatCursor;
 use crate::chat::{Chat, ChatType, store, validate};
@@ -84,22 +84,20 @@ async fn create_chat(
         chat_type: body.chat_type.as_str().to_owned(),
         initial_members_count: i32::try_from(chat.members.len()).unwrap_or(i32::MAX),
     });
-    let mut recorded = state
-        .analytics
-        .record(&mut tx, kind, &client.context(user.user_id, user.workspace_id))
-        .await?;
     // Every membership starts with a `chat_joined` and ends with a `chat_left`, the initial ones too, so that
     // joins minus leaves counts a chat's members downstream.
-    for &member in &chat.members {
+    let joins = chat.members.iter().map(|&member| {
         let kind = EventType::ChatJoined(ChatJoinedEvent {
             chat_id: chat.id.to_string(),
             join_method: "created".into(),
         });
-        recorded += state
-            .analytics
-            .record(&mut tx, kind, &client.context(member, user.workspace_id))
-            .await?;
-    }
+        (kind, client.context(member, user.workspace_id))
+    });
+    let created = (kind, client.context(user.user_id, user.workspace_id));
+    let recorded = state
+        .analytics
+        .record_all(&mut tx, std::iter::once(created).chain(joins))
+        .await?;
     // Every member's open streams learn of the chat (and start passing its messages).
     live::notify(
         &mut tx,
@@ -250,17 +248,14 @@ async fn delete_chat(
     let mut tx = state.pool.begin().await?;
     store::access(&mut tx, chat_id, user).await?.require_owner()?;
     let members = store::delete_chat(&mut tx, chat_id).await?;
-    let mut recorded = Recorded::default();
-    for member in members.ok_or(ApiError::NotFound("chat"))? {
+    let leaves = members.ok_or(ApiError::NotFound("chat"))?.into_iter().map(|member| {
         let kind = EventType::ChatLeft(ChatLeftEvent {
             chat_id: chat_id.to_string(),
             leave_reason: "chat_deleted".into(),
         });
-        recorded += state
-            .analytics
-            .record(&mut tx, kind, &client.context(member, user.workspace_id))
-            .await?;
-    }
+        (kind, client.context(member, user.workspace_id))
+    });
+    let recorded = state.analytics.record_all(&mut tx, leaves).await?;
     live::notify(&mut tx, &Notice::chat(LiveKind::ChatDeleted, chat_id)).await?;
     tx.commit().await?;
     state.analytics.committed(recorded);

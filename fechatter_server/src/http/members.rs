@@ -5,7 +5,7 @@
 //! themselves. The members of a `single` chat never change. Every join and leave writes a `chat_joined` /
 //! `chat_left` analytics event whose user is the one who joined or left, and notifies live streams.
 
-use crate::analytics::{ClientInfo, Recorded};
+use crate::analytics::ClientInfo;
 use crate::auth::AuthUser;
 use crate::chat::store::MemberSelection;
 use crate::chat::{ChatType, Member, Role, store, validate};
@@ -127,17 +127,14 @@ async fn add_members(
         return Err(validate::unknown_users(&strangers));
     }
     let added = store::add_members(&mut tx, chat_id, &ids).await?;
-    let mut recorded = Recorded::default();
-    for &user_id in &added {
+    let joins = added.iter().map(|&user_id| {
         let kind = EventType::ChatJoined(ChatJoinedEvent {
             chat_id: chat_id.to_string(),
             join_method: join_method.to_owned(),
         });
-        recorded += state
-            .analytics
-            .record(&mut tx, kind, &client.context(user_id, user.workspace_id))
-            .await?;
-    }
+        (kind, client.context(user_id, user.workspace_id))
+    });
+    let recorded = state.analytics.record_all(&mut tx, joins).await?;
     if !added.is_empty() {
         live::notify(&mut tx, &Notice::members(LiveKind::MemberJoined, chat_id, &added)).await?;
     }
