@@ -328,6 +328,7 @@ fn build_rows(events: &[AnalyticsEvent]) -> Result<(Vec<EventRow>, Duration)> {
                 published_ns: 0,
                 index: 0,
                 ingested_at,
+                redrive_of: None,
             };
             Ok(to_row(event.context, &kind, &origin))
         })

@@ -220,6 +220,7 @@ mod tests {
             published_ns: 0,
             index: 0,
             ingested_at: 0,
+            redrive_of: None,
         };
         (0..n).map(|_| to_row(event.context.clone(), &kind, &origin)).collect()
     }

@@ -33,6 +33,10 @@ pub const HEADER_DELIVERED: &str = "Fechatter-Delivery-Count";
 pub const HEADER_SEQUENCE: &str = "Fechatter-Stream-Sequence";
 /// Header present when the copy holds only the start of the payload: the payload's full size in bytes.
 pub const HEADER_ORIGINAL_SIZE: &str = "Fechatter-Original-Size";
+/// Header of a message `redrive` re-published from the dead-letter stream: which dead letter it came from
+/// (`<stream>/<stored at, ns>/<sequence>`). Events without an `event_id` take their ids from it, so that every copy
+/// of one dead letter stores its events under the same ids.
+pub const HEADER_REDRIVE_OF: &str = "Fechatter-Redrive-Of";
 
 /// Room left for the headers when a payload is cut to fit: more than the six headers take with a long error.
 const HEADER_ROOM: usize = 2048;

@@ -16,7 +16,7 @@
 
 use crate::batcher::{Batch, FlushPolicy};
 use crate::config::Settings;
-use crate::dead_letter::{DeadLetterWorkers, log_poison};
+use crate::dead_letter::{DeadLetterWorkers, HEADER_REDRIVE_OF, log_poison};
 use crate::decode::{Limits, decode, subject_mismatch};
 use crate::handoff::Giver;
 use crate::metrics::Metrics;
@@ -190,11 +190,16 @@ async fn handle(
             let ingested_at = now_seconds();
             let Incoming {
                 subject,
+                headers,
                 stream_sequence,
                 published_ns,
                 ack,
                 ..
             } = message;
+            let redrive_of = headers
+                .as_ref()
+                .and_then(|h| h.get(HEADER_REDRIVE_OF))
+                .map(|v| v.as_str());
             // Built straight into the batch: no vector of rows per message.
             let rows = events.into_iter().enumerate().map(|(index, decoded)| {
                 tracing::debug!("✅ Successfully parsed protobuf event: {}", decoded.kind.type_name());
@@ -213,6 +218,7 @@ async fn handle(
                     published_ns,
                     index,
                     ingested_at,
+                    redrive_of,
                 };
                 to_row(decoded.context, &decoded.kind, &origin)
             });

@@ -119,6 +119,9 @@ pub struct Origin<'a> {
     pub index: usize,
     /// Ingest time, seconds since the epoch.
     pub ingested_at: u32,
+    /// The dead letter a redrive re-published this message from (its `Fechatter-Redrive-Of` header), if it is
+    /// such a re-publication.
+    pub redrive_of: Option<&'a str>,
 }
 
 /// The id a legacy event without `event_id` gets: the same for every redelivery of the same message, and
@@ -126,7 +129,15 @@ pub struct Origin<'a> {
 /// (by an operator, or with a NATS server's lost storage; the ingester re-creates it) numbers its messages from 1
 /// again, and the ReplacingMergeTree would then collapse new events into old ones. The time JetStream stored the
 /// message tells them apart.
+///
+/// A redrive's re-publication is a new message each time it is published: a redrive interrupted between a
+/// publication and the dead letter's removal, and run again after JetStream's duplicate window, publishes it twice
+/// at two sequences. Its ids therefore come from the dead letter it re-publishes, the same in every copy.
 pub fn legacy_event_id(origin: &Origin<'_>) -> String {
+    if let Some(dead_letter) = origin.redrive_of {
+        let name = format!("redrive/{dead_letter}/{}", origin.index);
+        return Uuid::new_v5(&LEGACY_ID_NAMESPACE, name.as_bytes()).to_string();
+    }
     if origin.stream_sequence == 0 {
         // Core NATS has no sequence: nothing is redelivered there, so a random id cannot duplicate.
         return Uuid::new_v4().to_string();
@@ -240,6 +251,7 @@ mod tests {
             published_ns: 1_700_000_000_123_456_789,
             index,
             ingested_at: 1_700_000_000,
+            redrive_of: None,
         }
     }
 
@@ -257,6 +269,23 @@ mod tests {
         assert_eq!(legacy_event_id(&origin(42, 3)), legacy_event_id(&origin(42, 3)));
         assert_ne!(legacy_event_id(&origin(42, 3)), legacy_event_id(&origin(42, 4)));
         assert_ne!(legacy_event_id(&origin(42, 3)), legacy_event_id(&origin(43, 3)));
+    }
+
+    #[test]
+    fn every_copy_a_redrive_publishes_of_a_dead_letter_gives_the_same_ids() {
+        let copy = |seq, dead_letter| Origin {
+            redrive_of: Some(dead_letter),
+            ..origin(seq, 3)
+        };
+        assert_eq!(
+            legacy_event_id(&copy(42, "DLQ/1/7")),
+            legacy_event_id(&copy(99, "DLQ/1/7"))
+        );
+        assert_ne!(
+            legacy_event_id(&copy(42, "DLQ/1/7")),
+            legacy_event_id(&copy(42, "DLQ/1/8"))
+        );
+        assert_ne!(legacy_event_id(&copy(42, "DLQ/1/7")), legacy_event_id(&origin(42, 3)));
     }
 
     #[test]

@@ -517,3 +517,67 @@ async fn redrive_stores_the_dead_letters_that_are_poison_no_longer() {
     assert_eq!(stack.count_final().await, 3);
     app.stop().await;
 }
+
+/// A redrive interrupted after re-publishing a dead letter but before removing it, and run again once JetStream's
+/// duplicate window has passed, publishes the dead letter twice, at two sequences. Its events that carry no
+/// `event_id` (whose ids are otherwise derived from the message's sequence) are still stored once: every copy
+/// takes its ids from the dead letter.
+#[tokio::test]
+async fn a_dead_letter_redriven_twice_stores_its_events_without_event_id_once() {
+    use analytics_server::cli::{RedriveArgs, redrive, republication_headers};
+    let stack = Stack::start().await;
+    let strict = stack
+        .run_in_process(&[("ANALYTICS__SERVER__MAX_BATCH_EVENTS", "2")])
+        .await;
+    let mut legacy = events(3);
+    for event in &mut legacy {
+        if let Some(context) = event.context.as_mut() {
+            context.event_id.clear();
+        }
+    }
+    stack
+        .publish_raw(
+            BATCH_SUBJECT,
+            BatchRecordEventsRequest { events: legacy }.encode_to_vec(),
+        )
+        .await;
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 1);
+    strict.stop().await;
+
+    let app = stack.run_in_process(&[]).await;
+    let settings = stack.settings(&[]);
+    // The interrupted run: its copy went out, and the dead letter stayed. A `Nats-Msg-Id` of its own stands for the
+    // duplicate window having passed since (JetStream has forgotten the id).
+    let name = &settings.jetstream.dead_letter_stream;
+    let dead_letters = stack.js.get_stream(name).await.expect("dead-letter stream");
+    let dead = dead_letters
+        .get_first_raw_message_by_subject(">", 1)
+        .await
+        .expect("the dead letter");
+    let mut headers = republication_headers(name, &dead);
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, "an earlier run's copy");
+    stack
+        .js
+        .publish_with_headers(BATCH_SUBJECT, headers, dead.payload.clone())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    stack.wait_for_rows(3, WAIT).await;
+
+    let done = redrive(&stack.js, &settings, &RedriveArgs::default())
+        .await
+        .expect("the second run");
+    assert_eq!(done.redriven, 1);
+    stack.wait_consumer_idle(WAIT).await;
+    assert_eq!(stack.stream_messages("ANALYTICS_DLQ").await, 0);
+    // Consumed, so stored (a message is acknowledged once its rows are in ClickHouse).
+    assert_eq!(
+        stack.distinct_ids().await,
+        3,
+        "both copies stored their events under the same ids"
+    );
+    assert_eq!(stack.count_final().await, 3);
+    app.stop().await;
+}

@@ -14,7 +14,7 @@ mod status;
 
 pub use check::{PublisherSettings, check_publisher};
 pub use monitor::{EventFilter, MonitorArgs};
-pub use redrive::{RedriveArgs, Report as RedriveReport, redrive};
+pub use redrive::{RedriveArgs, Report as RedriveReport, redrive, republication_headers};
 
 use crate::config::Settings;
 use anyhow::Context as _;

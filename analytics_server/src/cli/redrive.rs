@@ -4,7 +4,8 @@
 //!
 //! Nothing is lost either way: a message still poison is dead-lettered again by the ingester; one re-published
 //! twice (a redrive stopped between the ack and the removal, then run again) carries the same `Nats-Msg-Id`, which
-//! JetStream drops inside its duplicate window, and its events collapse in ClickHouse by `event_id` after it. A
+//! JetStream drops inside its duplicate window, and its events collapse in ClickHouse by `event_id` after it, also
+//! events published without an `event_id`: their ids come from the dead letter (`Fechatter-Redrive-Of`). A
 //! copy cut to fit (`Fechatter-Original-Size`) holds only the start of its payload: it is left where it is.
 //!
 //! A run goes up to the last dead letter there was when it began: what is still poison comes back at a later
@@ -15,10 +16,11 @@
 
 use super::status::jetstream_context;
 use crate::config::{Settings, subject_matches};
-use crate::dead_letter::{HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_SUBJECT};
+use crate::dead_letter::{HEADER_ORIGINAL_SIZE, HEADER_REASON, HEADER_REDRIVE_OF, HEADER_SUBJECT};
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::RawMessageErrorKind;
 
 /// Options of `redrive`.
@@ -110,23 +112,20 @@ pub async fn redrive(js: &Context, settings: &Settings, args: &RedriveArgs) -> a
             report.redriven += 1;
             continue;
         }
-        let mut headers = HeaderMap::new();
-        let id = format!(
-            "redrive-{name}-{}-{}",
-            message.sequence,
-            message.time.unix_timestamp_nanos()
-        );
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        js.publish_with_headers(subject.clone(), headers, message.payload.clone())
-            .await
-            .with_context(|| format!("re-publishing {name} #{} on {subject}", message.sequence))?
-            .await
-            .with_context(|| {
-                format!(
-                    "JetStream did not acknowledge {name} #{} on {subject}",
-                    message.sequence
-                )
-            })?;
+        js.publish_with_headers(
+            subject.clone(),
+            republication_headers(name, &message),
+            message.payload.clone(),
+        )
+        .await
+        .with_context(|| format!("re-publishing {name} #{} on {subject}", message.sequence))?
+        .await
+        .with_context(|| {
+            format!(
+                "JetStream did not acknowledge {name} #{} on {subject}",
+                message.sequence
+            )
+        })?;
         stream
             .delete_message(message.sequence)
             .await
@@ -134,4 +133,18 @@ pub async fn redrive(js: &Context, settings: &Settings, args: &RedriveArgs) -> a
         report.redriven += 1;
     }
     Ok(report)
+}
+
+/// The headers of the re-publication of `message`, a dead letter of stream `stream`: the same for every copy of
+/// it, so that JetStream drops a second copy inside its duplicate window (`Nats-Msg-Id`), and the ingester stores
+/// the events of any later one under the same ids ([`HEADER_REDRIVE_OF`]).
+pub fn republication_headers(stream: &str, message: &StreamMessage) -> HeaderMap {
+    let dead_letter = format!("{stream}/{}/{}", message.time.unix_timestamp_nanos(), message.sequence);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        format!("redrive-{dead_letter}").as_str(),
+    );
+    headers.insert(HEADER_REDRIVE_OF, dead_letter.as_str());
+    headers
 }
