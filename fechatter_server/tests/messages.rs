@@ -228,16 +228,56 @@ async fn a_send_to_a_chat_being_deleted_answers_404() {
     let app = TestApp::start(&[]).await;
     let ada = app.direct_user("Ada", None).await;
     let chat = create(&app, &ada, "Doomed", &[]).await;
-    // The send passes its membership check (the deletion is not committed), then waits on the chat's row for
-    // its foreign-key check; the deletion commits under it.
+    // The send passes its membership check (the deletion is not committed), finds the chat's row locked, and
+    // waits for the deletion on a connection of its own; the deletion commits under it.
     let path = format!("/api/chats/{chat}/messages");
     let send = app.post(&path, &ada, json!({ "content": "too late" }));
-    let (status, body) = app.racing_chat_deletion(chat, "INSERT INTO messages", send).await;
+    let (status, body) = app.racing_chat_deletion(chat, WAIT_FOR_CHAT, send).await;
 
     assert_eq!(status, StatusCode::NOT_FOUND, "not a foreign-key 500: {body}");
     assert_eq!(body["error"], "not_found");
     assert_eq!(message_rows(&app).await, 0);
     assert!(outbox(&app, "message.sent").await.is_empty());
+}
+
+/// The statement with which a send to a chat being deleted waits for the deletion (`store::wait_for_chat`).
+const WAIT_FOR_CHAT: &str = "FROM chats WHERE id = $1 FOR KEY SHARE";
+
+/// While a chat's deletion runs (its cascade deletes every message of the chat, for as long as that takes),
+/// sends to the chat wait for it, each on its own, and sends to other chats go on: more clients sending to the
+/// doomed chat than there are send writers must not stop every send. A deletion that rolls back lets the waiting
+/// sends through.
+#[tokio::test]
+async fn sends_to_other_chats_go_on_while_a_chat_is_being_deleted() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let doomed = create(&app, &ada, "Doomed", &[]).await;
+    let other = create(&app, &ada, "Other", &[]).await;
+    let deleting = app.begin_chat_deletion(doomed).await;
+
+    let path = format!("/api/chats/{doomed}/messages");
+    let waiting =
+        futures::future::join_all((0..4).map(|n| app.post(&path, &ada, json!({ "content": format!("wait {n}") }))));
+    let meanwhile = async {
+        // As many as there are send writers: were the waits in the writers' statements, no writer would be left.
+        app.wait_for_lock_waits("%", 2).await;
+        let other_chat = format!("/api/chats/{other}/messages");
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            app.post(&other_chat, &ada, json!({ "content": "meanwhile" })),
+        )
+        .await
+        .expect("a send to another chat is not held up by the deletion");
+        deleting.rollback().await.expect("rollback");
+        sent
+    };
+    let (waited, (status, body)) = tokio::join!(waiting, meanwhile);
+
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for (status, body) in waited {
+        assert_eq!(status, StatusCode::CREATED, "the deletion rolled back: {body}");
+    }
+    assert_eq!(message_rows(&app).await, 5);
 }
 
 #[tokio::test]

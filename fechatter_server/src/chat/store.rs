@@ -340,6 +340,19 @@ pub enum Sent {
     /// The sender is not a member of the chat (or the chat is not in their workspace, or does not exist):
     /// nothing was written; [`access`] tells which answer the caller gets.
     NotMember,
+    /// The chat is being deleted (its deletion, the only change that locks its row against inserts, has not
+    /// ended): nothing was written. Wait for the deletion to end ([`wait_for_chat`]), then send again.
+    ChatBusy,
+}
+
+/// Waits until no change holds chat `chat_id`'s row against inserts: the end of its deletion, if one is under way.
+/// Run it outside a transaction, so that the lock it takes is released at once.
+pub async fn wait_for_chat(conn: &mut PgConnection, chat_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM chats WHERE id = $1 FOR KEY SHARE")
+        .bind(chat_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Sends `messages` in one statement, so one round trip and, run on its own, one atomic transaction (the
@@ -356,6 +369,11 @@ pub enum Sent {
 /// statements holding the same keys wait for each other instead of deadlocking. The notice is the JSON
 /// [`crate::live::Notice`] reads: `kind`, `chat_id`, `ids` and the message.
 ///
+/// A send to a chat being deleted does not wait for the deletion: the chat's row is locked `SKIP LOCKED`, and the
+/// send is answered [`Sent::ChatBusy`]. Waiting in the statement (as the message's foreign-key check would)
+/// held up every other send of the statement, and with them the writer, for as long as the deletion took (its
+/// cascade deletes every message of the chat); one client per writer sending to that chat stopped all sends.
+///
 /// The statement writes nothing but the messages, their events and their notices. No row that every send to a
 /// chat shares: the chat's last activity is read from its newest message (see `chat_columns!`) instead of being
 /// stored on the chat's row, which every send to a busy chat would update and wait for. And no `NOTIFY`:
@@ -371,15 +389,22 @@ pub async fn send_messages(conn: &mut PgConnection, messages: &[NewMessage]) -> 
         .map_err(|err| sqlx::Error::Encode(err.into()))?;
     // The data-modifying parts run whether read or not; the final SELECT reports, per message, what they did.
     let rows = sqlx::query(concat!(
-        "WITH input AS MATERIALIZED ( \
-             SELECT i.*, CASE WHEN EXISTS ( \
+        "WITH checked AS MATERIALIZED ( \
+             SELECT i.*, EXISTS ( \
                      SELECT 1 FROM chats c WHERE c.id = i.chat_id AND c.workspace_id = i.workspace_id \
                      AND EXISTS (SELECT 1 FROM chat_members m WHERE m.chat_id = c.id AND m.user_id = i.sender_id)) \
-                 THEN nextval('messages_id_seq') END AS id \
+                 AS is_member \
              FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
                  $7::uuid[], $8::text[], $9::bytea[]) WITH ORDINALITY \
                  AS i (chat_id, sender_id, workspace_id, content, files, idempotency_key, event_id, subject, \
                      payload, ord)), \
+         locked AS MATERIALIZED ( \
+             SELECT checked.*, CASE WHEN is_member THEN EXISTS ( \
+                     SELECT 1 FROM chats l WHERE l.id = checked.chat_id FOR KEY SHARE SKIP LOCKED) \
+                 ELSE false END AS is_free \
+             FROM checked), \
+         input AS MATERIALIZED ( \
+             SELECT locked.*, CASE WHEN is_free THEN nextval('messages_id_seq') END AS id FROM locked), \
          ins AS ( \
              INSERT INTO messages (id, chat_id, sender_id, content, files, idempotency_key) \
              SELECT id, chat_id, sender_id, content, ARRAY(SELECT json_array_elements_text(files::json)), \
@@ -397,7 +422,7 @@ pub async fn send_messages(conn: &mut PgConnection, messages: &[NewMessage]) -> 
                      'edited_at', ins.edited_at))::text, \
                  input.event_id, input.subject, input.payload \
              FROM ins JOIN input ON input.id = ins.id ORDER BY ins.id RETURNING id) \
-         SELECT input.id IS NOT NULL AS is_member, \
+         SELECT input.is_member, input.is_free, \
              ins.id IS NOT NULL AND input.payload IS NOT NULL AS event_written, \
              ins.id, ins.chat_id, ins.sender_id, ins.content, ins.files, ins.created_at, ins.edited_at \
          FROM input LEFT JOIN ins ON ins.id = input.id \
@@ -449,6 +474,9 @@ pub async fn send_messages(conn: &mut PgConnection, messages: &[NewMessage]) -> 
 fn sent(row: &sqlx::postgres::PgRow) -> Result<Sent, sqlx::Error> {
     if !row.try_get::<bool, _>("is_member")? {
         return Ok(Sent::NotMember);
+    }
+    if !row.try_get::<bool, _>("is_free")? {
+        return Ok(Sent::ChatBusy);
     }
     let Some(id) = row.try_get::<Option<i64>, _>("id")? else {
         return Ok(Sent::Replay);

@@ -139,9 +139,10 @@ async fn send_message(
         idempotency_key: key,
         event,
     };
-    // Twice at most: a caller who was not a member when the statement ran but is one when `access` looks has
-    // just joined, and sends again.
-    for _ in 0..2 {
+    // Three times at most: a caller who was not a member when the statement ran but is one when `access` looks
+    // has just joined, and sends again; a send to a chat being deleted waits for the deletion's end, then finds
+    // the chat gone (404) or, the deletion rolled back, sends again.
+    for _ in 0..3 {
         match state.sends.send(new.clone()).await.map_err(anyhow::Error::from)? {
             Sent::Created { message, event_written } => {
                 state.live.committed();
@@ -164,6 +165,8 @@ async fn send_message(
                 let mut conn = state.pool.acquire().await?;
                 store::access(&mut conn, chat_id, user).await?.require_member()?;
             }
+            // On a connection of the pool, not in the writers: only this send waits.
+            Sent::ChatBusy => store::wait_for_chat(&mut *state.pool.acquire().await?, chat_id).await?,
         }
     }
     Err(anyhow::anyhow!("membership of chat {chat_id} changed during the send").into())

@@ -320,18 +320,25 @@ impl TestApp {
         statement: &str,
         request: impl std::future::Future<Output = (StatusCode, Value)>,
     ) -> (StatusCode, Value) {
-        let mut deleting = self.pool.begin().await.expect("begin");
-        sqlx::query("DELETE FROM chats WHERE id = $1")
-            .bind(chat)
-            .execute(&mut *deleting)
-            .await
-            .expect("delete");
+        let deleting = self.begin_chat_deletion(chat).await;
         let commit_once_the_request_waits = async {
             self.wait_for_lock_waits(&format!("%{statement}%"), 1).await;
             deleting.commit().await.expect("commit");
         };
         let (answer, ()) = tokio::join!(request, commit_once_the_request_waits);
         answer
+    }
+
+    /// A transaction that has deleted chat `chat` (its row locked, its messages and members deleted) and not
+    /// ended: a deletion under way, for as long as the caller holds it.
+    pub async fn begin_chat_deletion(&self, chat: i64) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut deleting = self.pool.begin().await.expect("begin");
+        sqlx::query("DELETE FROM chats WHERE id = $1")
+            .bind(chat)
+            .execute(&mut *deleting)
+            .await
+            .expect("delete");
+        deleting
     }
 
     /// Waits until `n` statements of the test database whose text is `LIKE pattern` wait for a lock.
