@@ -355,6 +355,60 @@ async fn a_chats_members_come_in_pages_by_user_id() {
     );
 }
 
+/// A chat lists at most 100 of its members (a public channel may hold the whole workspace) and counts them all;
+/// its creation still records every initial member's join, and the members route pages through all of them.
+#[tokio::test]
+async fn a_large_chat_lists_its_first_100_members_and_counts_them_all() {
+    let app = TestApp::start(&[]).await;
+    let ada = app.direct_user("Ada", None).await;
+    let others: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO users (workspace_id, fullname, email, password_hash) \
+         SELECT $1, 'member ' || n, 'member-' || n || '-' || $1 || '@example.com', 'x' \
+         FROM generate_series(1, 150) AS n RETURNING id",
+    )
+    .bind(ada.workspace_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("users");
+
+    let (status, created) = app
+        .post(
+            "/api/chats",
+            &ada,
+            json!({ "name": "Everyone", "chat_type": "public_channel", "members": others }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let all = sorted(others.iter().copied().chain([ada.id]).collect());
+    for chat in [
+        created.clone(),
+        app.get(&format!("/api/chats/{}", created["id"]), &ada).await.1,
+    ] {
+        assert_eq!(chat["member_count"], 151, "{chat}");
+        assert_eq!(ids_of_values(&chat["members"]), all[..100], "the first 100 by id");
+    }
+    let joins = outbox(&app, "chat.joined").await;
+    assert_eq!(joins.len(), 151, "every initial member's join is recorded");
+
+    let base = format!("/api/chats/{}/members", created["id"]);
+    let (_, first) = app.get(&format!("{base}?limit=100"), &ada).await;
+    let (_, rest) = app
+        .get(&format!("{base}?limit=100&after={}", first[99]["user_id"]), &ada)
+        .await;
+    let paged: Vec<i64> = [first, rest].iter().flat_map(|page| ids_of(page, "user_id")).collect();
+    assert_eq!(paged, all);
+}
+
+/// The numbers of a JSON array.
+fn ids_of_values(array: &Value) -> Vec<i64> {
+    array
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_i64().expect("id"))
+        .collect()
+}
+
 #[tokio::test]
 async fn only_the_owner_may_rename_or_delete_a_chat() {
     let app = TestApp::start(&[]).await;

@@ -13,5 +13,5 @@ pub mod send_queue;
 pub mod store;
 pub mod validate;
 
-pub use model::{Chat, ChatType, Member, Message};
+pub use model::{Chat, ChatType, MAX_LISTED_MEMBERS, Member, Message};
 pub use policy::{Access, Role};

@@ -46,7 +46,11 @@ impl TryFrom<String> for ChatType {
     }
 }
 
-/// A chat with its member ids.
+/// Most member ids a [`Chat`] lists; `GET /api/chats/{id}/members` pages through any number. It bounds a chat's
+/// answer, and a page of chats: a public channel may hold the whole workspace.
+pub const MAX_LISTED_MEMBERS: usize = 100;
+
+/// A chat with (up to [`MAX_LISTED_MEMBERS`] of) its member ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct Chat {
     /// Chat id.
@@ -60,8 +64,11 @@ pub struct Chat {
     pub owner_id: i64,
     /// Workspace the chat belongs to.
     pub workspace_id: i64,
-    /// User ids of the members, ascending; the owner is always one of them.
+    /// User ids of the members, ascending: all of them in a chat of at most 100 members, the first 100 in a larger
+    /// one (`GET /api/chats/{id}/members` pages through all).
     pub members: Vec<i64>,
+    /// How many members the chat has, the owner included.
+    pub member_count: i64,
     /// When the chat was created.
     pub created_at: DateTime<Utc>,
     /// When the chat was created or last received a message.

@@ -25,7 +25,9 @@ macro_rules! chat_columns {
             "c.id, c.name, c.chat_type, c.owner_id, c.workspace_id, c.created_at, ",
             chat_activity!(),
             " AS last_activity_at, \
-             ARRAY(SELECT m.user_id FROM chat_members m WHERE m.chat_id = c.id ORDER BY m.user_id) AS members"
+             ARRAY(SELECT m.user_id FROM chat_members m WHERE m.chat_id = c.id ORDER BY m.user_id LIMIT 100) \
+                 AS members, \
+             (SELECT count(*) FROM chat_members m WHERE m.chat_id = c.id) AS member_count"
         )
     };
 }
@@ -166,14 +168,15 @@ pub async fn not_in_workspace(
     .await
 }
 
-/// Creates a chat owned by `owner` with `owner` and `others` as members.
+/// Creates a chat owned by `owner` with `owner` and `others` as members; returns it and all its member ids,
+/// ascending (the chat lists at most [`super::MAX_LISTED_MEMBERS`]).
 pub async fn create_chat(
     conn: &mut PgConnection,
     owner: AuthUser,
     name: &str,
     chat_type: ChatType,
     others: &[i64],
-) -> Result<Chat, ApiError> {
+) -> Result<(Chat, Vec<i64>), ApiError> {
     let chat_id: i64 = sqlx::query_scalar(
         "INSERT INTO chats (workspace_id, name, chat_type, owner_id) VALUES ($1, $2, $3, $4) RETURNING id",
     )
@@ -185,8 +188,8 @@ pub async fn create_chat(
     .await?;
     let mut members = others.to_vec();
     members.push(owner.user_id);
-    add_members(conn, chat_id, &members).await?;
-    chat(conn, chat_id).await
+    let members = add_members(conn, chat_id, &members).await?;
+    Ok((chat(conn, chat_id).await?, members))
 }
 
 /// Renames chat `chat_id`.
@@ -570,4 +573,14 @@ pub async fn search_messages(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::chat::MAX_LISTED_MEMBERS;
+
+    #[test]
+    fn a_chat_lists_at_most_max_listed_members() {
+        assert!(chat_columns!().contains(&format!("LIMIT {MAX_LISTED_MEMBERS})")));
+    }
 }

@@ -78,15 +78,15 @@ async fn create_chat(
     if !strangers.is_empty() {
         return Err(validate::unknown_users(&strangers));
     }
-    let chat = store::create_chat(&mut tx, user, &name, body.chat_type, &others).await?;
+    let (chat, members) = store::create_chat(&mut tx, user, &name, body.chat_type, &others).await?;
     let kind = EventType::ChatCreated(ChatCreatedEvent {
         workspace_id: user.workspace_id.to_string(),
         chat_type: body.chat_type.as_str().to_owned(),
-        initial_members_count: i32::try_from(chat.members.len()).unwrap_or(i32::MAX),
+        initial_members_count: i32::try_from(members.len()).unwrap_or(i32::MAX),
     });
     // Every membership starts with a `chat_joined` and ends with a `chat_left`, the initial ones too, so that
     // joins minus leaves counts a chat's members downstream.
-    let joins = chat.members.iter().map(|&member| {
+    let joins = members.iter().map(|&member| {
         let kind = EventType::ChatJoined(ChatJoinedEvent {
             chat_id: chat.id.to_string(),
             join_method: "created".into(),
@@ -99,11 +99,7 @@ async fn create_chat(
         .record_all(&mut tx, std::iter::once(created).chain(joins))
         .await?;
     // Every member's open streams learn of the chat (and start passing its messages).
-    live::notify(
-        &mut tx,
-        &Notice::members(LiveKind::MemberJoined, chat.id, &chat.members),
-    )
-    .await?;
+    live::notify(&mut tx, &Notice::members(LiveKind::MemberJoined, chat.id, &members)).await?;
     tx.commit().await?;
     state.analytics.committed(recorded);
     state.live.committed();
