@@ -10,6 +10,9 @@ use std::time::Duration;
 
 /// The shipped configuration file, which doubles as the defaults.
 pub const DEFAULTS: &str = include_str!("../chat.yml");
+
+/// Most `database.send_writers`: beyond a few, batches only get smaller (see `chat::send_queue`).
+pub const MAX_SEND_WRITERS: u32 = 16;
 /// Prefix of the environment variables that override keys.
 pub const ENV_PREFIX: &str = "FECHATTER";
 /// Environment variable naming the configuration file.
@@ -61,6 +64,8 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Pool size.
     pub max_connections: u32,
+    /// Connections that write message sends, each a batch at a time (see `chat::send_queue`), besides the pool.
+    pub send_writers: u32,
 }
 
 /// Token signing.
@@ -163,6 +168,12 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
         }
+        if !(1..=MAX_SEND_WRITERS).contains(&self.database.send_writers) {
+            return invalid(
+                "database.send_writers",
+                &format!("must be between 1 and {MAX_SEND_WRITERS}"),
+            );
+        }
         if self.files.max_workspace_bytes == 0 {
             return invalid("files.max_workspace_bytes", "must be at least 1");
         }
@@ -203,6 +214,20 @@ mod tests {
         // `seed` and `analytics-config` sign nothing; the server names the missing keys when it loads them.
         let s = Settings::load(None, Vec::new()).expect("valid without keys");
         assert!(s.auth.private_key_path.as_os_str().is_empty());
+    }
+
+    #[test]
+    fn send_writers_outside_1_to_16_are_refused_by_name() {
+        assert_eq!(Settings::load(None, keys()).expect("valid").database.send_writers, 1);
+        for writers in ["0", "17"] {
+            let mut vars = keys();
+            vars.push(("FECHATTER__DATABASE__SEND_WRITERS".into(), writers.into()));
+            let err = Settings::load(None, vars).expect_err("out of range");
+            assert!(err.to_string().contains("database.send_writers"), "{err}");
+        }
+        let mut vars = keys();
+        vars.push(("FECHATTER__DATABASE__SEND_WRITERS".into(), "4".into()));
+        assert_eq!(Settings::load(None, vars).expect("valid").database.send_writers, 4);
     }
 
     #[test]

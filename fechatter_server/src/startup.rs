@@ -123,7 +123,7 @@ impl Application {
             auth_limiter: Arc::new(RateLimiter::per_minute(settings.server.auth_rate_limit_per_minute)),
             analytics: Analytics::new(enabled, metrics.clone()),
             live: LiveHub::new(),
-            sends: SendQueue::start(&pool, metrics.clone()),
+            sends: SendQueue::start(&pool, settings.database.send_writers as usize, metrics.clone()),
             settings,
             pool,
             keys,

@@ -8,6 +8,16 @@
 //! natural batching). A send is answered only once its statement committed, so nothing is acknowledged that a
 //! crash could lose.
 //!
+//! How many statements are in flight at once is `database.send_writers` (default 1). One writer makes the largest
+//! batches: the sends that arrive while its statement runs all go in the next. More writers overlap statements, so
+//! that one slow statement does not hold up every send, but make batches smaller and a send's CPU greater. The
+//! `send_bench` history: 4 writers wrote 2.5 sends per statement and were no faster than 1 or 2, which wrote 8 and
+//! 4.5; 3 writers, 3.4 sends per statement, as many sends per second as 2 and 409-489 µs of CPU per send against
+//! 345-424; on the tenth session's machine (2 cores, fast disk), alternating runs of 1 and 2 writers: 8.3 against
+//! 4.8 sends per statement, off 100-107 against 119-140 µs of CPU per send, on 125-132 against 143-166, and 2-5 %
+//! more sends per second. A statement no longer waits for a chat's deletion (see `store::send_messages`), the one
+//! lock a send could wait long for.
+//!
 //! A batch's statement is all or nothing. When it fails (a deadlock with another batch, a chat deleted under
 //! it), each of its sends is written again on its own, so one bad send never fails the others.
 
@@ -18,14 +28,6 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
-
-/// Statements in flight at once. More than one so that a batch is built and sent while another waits for its
-/// commit, and so that one slow statement (waiting for a lock another instance holds) does not hold up every
-/// send; few, so that batches stay large under load: more writers make batches smaller, and a send's CPU greater
-/// (`send_bench`: 4 writers wrote 2.5 sends per statement and were no faster than 1 or 2, which wrote 8 and 4.5;
-/// later, alternating runs of one session: 3 writers wrote 3.4 sends per statement, 4.7 with 2, sent as many per
-/// second and took 409-489 µs of CPU per send in all against 345-424 with 2).
-const WRITERS: usize = 2;
 
 /// Most sends in one statement: bounds a statement's size and the wait of the first send in it.
 pub const MAX_BATCH: usize = 64;
@@ -58,11 +60,12 @@ pub enum SendError {
 }
 
 impl SendQueue {
-    /// Starts the writers on the current runtime. They have connections of their own, [`WRITERS`] at most, to
-    /// the database `pool` connects to (opened when first needed).
-    pub fn start(pool: &PgPool, metrics: Arc<Metrics>) -> Self {
+    /// Starts `writers` writers (at least one) on the current runtime. They have connections of their own, one
+    /// each, to the database `pool` connects to (opened when first needed).
+    pub fn start(pool: &PgPool, writers: usize, metrics: Arc<Metrics>) -> Self {
+        let writers = writers.max(1);
         let (jobs, queued) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(dispatch(writers_pool(pool), metrics, queued));
+        tokio::spawn(dispatch(writers_pool(pool, writers), writers, metrics, queued));
         Self { jobs }
     }
 
@@ -86,19 +89,19 @@ impl SendQueue {
 /// 0.4-0.8 ms). Its best plan does not depend on the parameters (index lookups by key for each message), so
 /// these connections always reuse the generic plan. Only these: the history and search queries do depend on
 /// theirs.
-fn writers_pool(pool: &PgPool) -> PgPool {
+fn writers_pool(pool: &PgPool, writers: usize) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("plan_cache_mode", "force_generic_plan")]);
     PgPoolOptions::new()
-        .max_connections(WRITERS as u32)
+        .max_connections(u32::try_from(writers).unwrap_or(u32::MAX))
         .acquire_timeout(pool.options().get_acquire_timeout())
         .connect_lazy_with(options)
 }
 
 /// Hands the queued sends, up to [`MAX_BATCH`] at a time, to a free writer, until the queue closes.
-async fn dispatch(pool: PgPool, metrics: Arc<Metrics>, mut queued: mpsc::Receiver<Job>) {
-    let writers = Arc::new(Semaphore::new(WRITERS));
+async fn dispatch(pool: PgPool, writers: usize, metrics: Arc<Metrics>, mut queued: mpsc::Receiver<Job>) {
+    let writers = Arc::new(Semaphore::new(writers));
     loop {
         // Wait for a free writer first: while all are busy, sends pile up in the queue and leave together.
         let Ok(writer) = writers.clone().acquire_owned().await else {
