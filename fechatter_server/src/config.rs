@@ -13,6 +13,7 @@ pub const DEFAULTS: &str = include_str!("../chat.yml");
 
 /// Most `database.send_writers`: beyond a few, batches only get smaller (see `chat::send_queue`).
 pub const MAX_SEND_WRITERS: u32 = 16;
+
 /// Prefix of the environment variables that override keys.
 pub const ENV_PREFIX: &str = "FECHATTER";
 /// Environment variable naming the configuration file.
