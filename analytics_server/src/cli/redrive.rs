@@ -139,12 +139,12 @@ pub async fn redrive(js: &Context, settings: &Settings, args: &RedriveArgs) -> a
 /// it, so that JetStream drops a second copy inside its duplicate window (`Nats-Msg-Id`), and the ingester stores
 /// the events of any later one under the same ids ([`HEADER_REDRIVE_OF`]).
 pub fn republication_headers(stream: &str, message: &StreamMessage) -> HeaderMap {
-    let dead_letter = format!("{stream}/{}/{}", message.time.unix_timestamp_nanos(), message.sequence);
+    let stored_ns = message.time.unix_timestamp_nanos();
     let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("redrive-{dead_letter}").as_str(),
-    );
+    // The id earlier builds sent, so that a redrive they left unfinished is still recognised as a copy.
+    let id = format!("redrive-{stream}-{}-{stored_ns}", message.sequence);
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+    let dead_letter = format!("{stream}/{stored_ns}/{}", message.sequence);
     headers.insert(HEADER_REDRIVE_OF, dead_letter.as_str());
     headers
 }
