@@ -17,6 +17,7 @@ pub use publisher::{AnalyticsPublisher, PublishError, PublishOutcome, PublisherS
 use crate::metrics::Metrics;
 use fechatter_protos::v1::analytics_event::EventType;
 use sqlx::{PgConnection, PgPool};
+use std::borrow::Borrow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -82,23 +83,23 @@ impl Analytics {
         kind: EventType,
         request: &RequestContext,
     ) -> Result<Recorded, sqlx::Error> {
-        self.record_all(conn, [(kind, request.clone())]).await
+        self.record_all(conn, [(kind, request)]).await
     }
 
     /// Writes the events of `events`, each of a kind and its context, to the outbox on `conn` in one statement, as
     /// [`Analytics::record`] writes one: for changes that concern many users (a chat's creation, deletion, new
     /// members), whose transaction would otherwise hold its locks for a round trip per user.
-    pub async fn record_all(
+    pub async fn record_all<C: Borrow<RequestContext>>(
         &self,
         conn: &mut PgConnection,
-        events: impl IntoIterator<Item = (EventType, RequestContext)>,
+        events: impl IntoIterator<Item = (EventType, C)>,
     ) -> Result<Recorded, sqlx::Error> {
         if !self.enabled {
             return Ok(Recorded::default());
         }
         let events: Vec<_> = events
             .into_iter()
-            .map(|(kind, request)| build_event(kind, &request))
+            .map(|(kind, request)| build_event(kind, request.borrow()))
             .collect();
         outbox::enqueue(conn, &events).await?;
         Ok(Recorded(events.len() as u64))
